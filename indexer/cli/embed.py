@@ -1,0 +1,50 @@
+"""``medsearch embed``: embeddings as JSON in the Azure MedImageInsight response shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import typer
+from PIL import Image, UnidentifiedImageError
+
+from indexer.errors import ImageInputError
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except FileNotFoundError as exc:
+        raise ImageInputError(f"{path}: no such file") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageInputError(f"{path}: not a readable image ({exc})") from exc
+
+
+def embed(
+    model: Path = typer.Option(..., "--model", help="exported model directory",
+                               envvar="MEDSEARCH_MODEL_DIR"),
+    image: list[Path] = typer.Option([], "--image", help="image file (repeatable)"),
+    text: list[str] = typer.Option([], "--text", help="text (repeatable)"),
+    recipe: str | None = typer.Option(None, help="preprocessing recipe (default: the model's)"),
+    provider: str = typer.Option("auto", help="auto, cpu or cuda"),
+) -> None:
+    """Print {image_features, text_features, scaling_factor} for the given inputs."""
+    from indexer.encoders.encoder import Encoder
+    from indexer.settings import EncoderSettings
+
+    if not image and not text:
+        raise typer.BadParameter("give at least one --image or --text")
+    if provider not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter("--provider must be auto, cpu or cuda")
+    chosen: Literal["auto", "cpu", "cuda"] = provider  # type: ignore[assignment]
+    encoder = Encoder.load(model, EncoderSettings(provider=chosen))
+    images = [_open_image(p) for p in image]
+    out = {
+        "image_features": encoder.embed_images(images, recipe).tolist() if images else [],
+        "text_features": encoder.embed_texts(text).tolist() if text else [],
+        "scaling_factor": encoder.logit_scale,
+    }
+    typer.echo(json.dumps(out))

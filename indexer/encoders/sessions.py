@@ -1,0 +1,68 @@
+"""The one place that creates ``onnxruntime.InferenceSession`` objects.
+
+Provider choice is explicit: ``cpu``; ``cuda``, refused with a clear error when the CUDA
+execution provider is not installed (``pip install medsearch[gpu]``) or cannot start;
+``auto``, CUDA when available and otherwise CPU. The provider that actually runs is
+logged and reported, so a silent fallback to CPU cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import onnxruntime as ort
+
+from indexer.errors import ProviderError
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+ProviderChoice = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    provider: ProviderChoice = "auto"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+
+
+def resolve_provider(choice: ProviderChoice) -> str:
+    """The ONNX Runtime provider name for a choice, or :class:`ProviderError`."""
+    available = ort.get_available_providers()
+    if choice == "cpu":
+        return CPU
+    if choice == "cuda":
+        if CUDA not in available:
+            raise ProviderError(
+                "CUDA was asked for but onnxruntime offers only "
+                f"{', '.join(available)}; install the GPU build (pip install 'medsearch[gpu]', "
+                "which replaces onnxruntime with onnxruntime-gpu) or use provider=cpu")
+        return CUDA
+    return CUDA if CUDA in available else CPU
+
+
+def create_session(path: Path, options: SessionOptions) -> tuple[Any, str]:
+    """An inference session for ``path`` and the provider that runs it."""
+    wanted = resolve_provider(options.provider)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.log_severity_level = 3
+    providers = [wanted, CPU] if wanted == CUDA else [CPU]
+    session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    granted = session.get_providers()[0]
+    if wanted == CUDA and granted != CUDA:
+        if options.provider == "cuda":
+            raise ProviderError(f"CUDA was asked for but ONNX Runtime could not start it for "
+                                f"{path.name} (check the CUDA and cuDNN libraries); "
+                                f"it offered {granted}")
+        logger.warning("CUDA is installed but did not start for %s; running on %s",
+                       path.name, granted)
+    logger.info("%s runs on %s", path.name, granted)
+    return session, granted

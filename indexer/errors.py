@@ -1,0 +1,42 @@
+"""Domain errors of the indexer, each with a message a user can act on.
+
+The service maps these to HTTP codes in one place; the CLI prints their message.
+"""
+
+from __future__ import annotations
+
+
+class MedsearchError(Exception):
+    """Base class of every error medsearch raises on purpose."""
+
+
+class ModelError(MedsearchError):
+    """A model directory or checkpoint cannot be used."""
+
+
+class ModelConfigError(ModelError):
+    """A release's ``config.yaml`` is missing, malformed or describes an unsupported model."""
+
+
+class CheckpointError(ModelError):
+    """A checkpoint's weights do not fit the architecture (missing, unexpected, mis-shaped)."""
+
+
+class ManifestError(ModelError):
+    """An exported model directory fails verification (manifest, hashes, files)."""
+
+
+class SelfTestError(ModelError):
+    """A model no longer reproduces the golden embeddings stored in its manifest."""
+
+
+class ProviderError(ModelError):
+    """An ONNX Runtime execution provider was required and is not available."""
+
+
+class ImageInputError(MedsearchError):
+    """An image cannot be turned into model input (unsupported mode, empty, corrupt)."""
+
+
+class TextInputError(MedsearchError):
+    """A text input cannot be embedded."""

@@ -1,0 +1,1 @@
+"""medsearch query service: the HTTP layer (FastAPI) over ``indexer``."""
