@@ -22,9 +22,11 @@ class EncoderSettings(BaseSettings):
     provider: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
         description="cpu; cuda (refused if the CUDA provider is not installed or usable); "
-                    "auto (CUDA when available, else CPU)")
+        "auto (CUDA when available, else CPU)",
+    )
     precision: Literal["auto", "fp32", "fp16"] = Field(
-        default="auto", description="auto: fp16 on CUDA when the export has it, else fp32")
+        default="auto", description="auto: fp16 on CUDA when the export has it, else fp32"
+    )
     intra_op_threads: int = Field(default=0, ge=0, description="0: ONNX Runtime's default")
     inter_op_threads: int = Field(default=1, ge=0)
     batch_size: int = Field(default=8, ge=1, le=1024)

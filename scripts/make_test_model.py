@@ -26,8 +26,12 @@ def default_tokenizer_dir() -> Path:
         return bundled
     import MedImageInsights  # the reference implementation, dev extra
 
-    return (Path(MedImageInsights.__file__).parent / "v20240927" / "language_model"
-            / "clip_tokenizer_v4162")
+    return (
+        Path(MedImageInsights.__file__).parent
+        / "v20240927"
+        / "language_model"
+        / "clip_tokenizer_v4162"
+    )
 
 
 def main() -> None:

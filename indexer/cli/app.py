@@ -10,16 +10,23 @@ import typer
 from indexer.cli import embed, model
 from indexer.errors import MedsearchError
 
-app = typer.Typer(name="medsearch", no_args_is_help=True, add_completion=False,
-                  help="Similarity search for medical images with MedImageInsight.")
+app = typer.Typer(
+    name="medsearch",
+    no_args_is_help=True,
+    add_completion=False,
+    help="Similarity search for medical images with MedImageInsight.",
+)
 app.add_typer(model.app, name="model")
 app.command("embed")(embed.embed)
 
 
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="log at INFO level")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def main() -> None:

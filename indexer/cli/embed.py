@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import typer
 from PIL import Image, UnidentifiedImageError
@@ -24,17 +24,23 @@ def _open_image(path: Path) -> Image.Image:
 
 
 def embed(
-    model: Path = typer.Option(..., "--model", help="exported model directory",
-                               envvar="MEDSEARCH_MODEL_DIR"),
-    image: list[Path] = typer.Option([], "--image", help="image file (repeatable)"),
-    text: list[str] = typer.Option([], "--text", help="text (repeatable)"),
-    recipe: str | None = typer.Option(None, help="preprocessing recipe (default: the model's)"),
-    provider: str = typer.Option("auto", help="auto, cpu or cuda"),
+    model: Annotated[
+        Path, typer.Option("--model", help="exported model directory", envvar="MEDSEARCH_MODEL_DIR")
+    ],
+    image: Annotated[
+        list[Path] | None, typer.Option("--image", help="image file (repeatable)")
+    ] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", help="text (repeatable)")] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="preprocessing recipe (default: the model's)")
+    ] = None,
+    provider: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Print {image_features, text_features, scaling_factor} for the given inputs."""
     from indexer.encoders.encoder import Encoder
     from indexer.settings import EncoderSettings
 
+    image, text = image or [], text or []
     if not image and not text:
         raise typer.BadParameter("give at least one --image or --text")
     if provider not in ("auto", "cpu", "cuda"):

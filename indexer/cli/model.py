@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,39 +13,68 @@ app = typer.Typer(no_args_is_help=True, help="Export and inspect MedImageInsight
 
 @app.command("export")
 def export(
-    source: Path = typer.Argument(..., help="release directory (config.yaml, vision_model/, "
-                                            "language_model/)"),
-    out: Path = typer.Argument(..., help="new model directory to write"),
-    fp16: bool = typer.Option(False, "--fp16", help="also write fp16 variants for GPUs"),
-    opset: int = typer.Option(18, help="ONNX opset"),
-    allow_unexpected_keys: bool = typer.Option(
-        False, help="ignore (and list) checkpoint keys the architecture does not use"),
-    overwrite: bool = typer.Option(False, help="replace OUT if it exists"),
+    source: Annotated[
+        Path, typer.Argument(help="release directory (config.yaml, vision_model/, language_model/)")
+    ],
+    out: Annotated[Path, typer.Argument(help="new model directory to write")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="also write fp16 variants for GPUs")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
+    allow_unexpected_keys: Annotated[
+        bool, typer.Option(help="ignore (and list) checkpoint keys the architecture does not use")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
 ) -> None:
     """Export a MedImageInsight release to ONNX with a verified manifest."""
     try:
         from indexer.model.export import export_release
     except ImportError as exc:  # torch and friends are the `export` extra
         raise typer.BadParameter(
-            f"export needs the export extra (pip install 'medsearch[export]'): {exc}") from exc
-    manifest = export_release(source, out, fp16=fp16, opset=opset,
-                              allow_unexpected_keys=allow_unexpected_keys, overwrite=overwrite)
-    typer.echo(json.dumps({"model_dir": str(out), "fingerprint": manifest.fingerprint,
-                           "embedding_dim": manifest.embedding_dim,
-                           "variants": sorted(manifest.variants)}, indent=1))
+            f"export needs the export extra (pip install 'medsearch[export]'): {exc}"
+        ) from exc
+    manifest = export_release(
+        source,
+        out,
+        fp16=fp16,
+        opset=opset,
+        allow_unexpected_keys=allow_unexpected_keys,
+        overwrite=overwrite,
+    )
+    typer.echo(
+        json.dumps(
+            {
+                "model_dir": str(out),
+                "fingerprint": manifest.fingerprint,
+                "embedding_dim": manifest.embedding_dim,
+                "variants": sorted(manifest.variants),
+            },
+            indent=1,
+        )
+    )
 
 
 @app.command("info")
-def info(model_dir: Path = typer.Argument(..., help="exported model directory")) -> None:
+def info(model_dir: Annotated[Path, typer.Argument(help="exported model directory")]) -> None:
     """Verify an exported model (hashes, self-test) and print its manifest summary."""
     from indexer.encoders.encoder import Encoder
 
     encoder = Encoder.load(model_dir)
     m = encoder.manifest
-    typer.echo(json.dumps({
-        "fingerprint": m.fingerprint, "embedding_dim": m.embedding_dim,
-        "input_size": m.input_size, "logit_scale": m.logit_scale, "opset": m.opset,
-        "variants": sorted(m.variants), "default_recipe": m.preprocessing.default,
-        "recipes": sorted(m.preprocessing.recipes), "provider": encoder.provider,
-        "precision": encoder.precision, "self_test": "passed", "source": m.source.model_dump(),
-    }, indent=1))
+    typer.echo(
+        json.dumps(
+            {
+                "fingerprint": m.fingerprint,
+                "embedding_dim": m.embedding_dim,
+                "input_size": m.input_size,
+                "logit_scale": m.logit_scale,
+                "opset": m.opset,
+                "variants": sorted(m.variants),
+                "default_recipe": m.preprocessing.default,
+                "recipes": sorted(m.preprocessing.recipes),
+                "provider": encoder.provider,
+                "precision": encoder.precision,
+                "self_test": "passed",
+                "source": m.source.model_dump(),
+            },
+            indent=1,
+        )
+    )

@@ -9,6 +9,7 @@ and text must reproduce the golden embeddings in the manifest (cosine >= 0.9999 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,17 @@ class EncoderInfo:
 class Encoder:
     """Both ONNX encoders of one exported model, with its tokenizer and recipes."""
 
-    def __init__(self, model_dir: Path, manifest: Manifest, image_session: Any,
-                 text_session: Any, tokenizer: ClipTokenizer, precision: str, provider: str,
-                 batch_size: int) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        manifest: Manifest,
+        image_session: Any,
+        text_session: Any,
+        tokenizer: ClipTokenizer,
+        precision: str,
+        provider: str,
+        batch_size: int,
+    ) -> None:
         self.model_dir = model_dir
         self.manifest = manifest
         self._image = image_session
@@ -62,8 +71,9 @@ class Encoder:
     def load(cls, model_dir: Path, settings: EncoderSettings | None = None) -> Encoder:
         settings = settings or EncoderSettings()
         manifest = read_manifest(model_dir)
-        options = SessionOptions(settings.provider, settings.intra_op_threads,
-                                 settings.inter_op_threads)
+        options = SessionOptions(
+            settings.provider, settings.intra_op_threads, settings.inter_op_threads
+        )
         precision = _choose_precision(manifest, settings)
         variant = manifest.variants[precision]
         used = {variant.image_encoder, variant.text_encoder, *manifest.tokenizer.values()}
@@ -71,13 +81,21 @@ class Encoder:
             verify_files(model_dir, manifest, used)
         image, provider = create_session(model_dir / variant.image_encoder, options)
         text, _ = create_session(model_dir / variant.text_encoder, options)
-        tokenizer = ClipTokenizer(model_dir / manifest.tokenizer["vocab"],
-                                  model_dir / manifest.tokenizer["merges"],
-                                  manifest.context_length)
-        encoder = cls(model_dir, manifest, image, text, tokenizer, precision, provider,
-                      settings.batch_size)
-        logger.info("loaded model %s (dim %d, %s on %s)", manifest.short_fingerprint,
-                    manifest.embedding_dim, precision, provider)
+        tokenizer = ClipTokenizer(
+            model_dir / manifest.tokenizer["vocab"],
+            model_dir / manifest.tokenizer["merges"],
+            manifest.context_length,
+        )
+        encoder = cls(
+            model_dir, manifest, image, text, tokenizer, precision, provider, settings.batch_size
+        )
+        logger.info(
+            "loaded model %s (dim %d, %s on %s)",
+            manifest.short_fingerprint,
+            manifest.embedding_dim,
+            precision,
+            provider,
+        )
         if settings.self_test:
             encoder.self_test()
         return encoder
@@ -85,8 +103,14 @@ class Encoder:
     @property
     def info(self) -> EncoderInfo:
         m = self.manifest
-        return EncoderInfo(m.fingerprint, m.embedding_dim, self.precision, self.provider,
-                           m.preprocessing.default, m.logit_scale)
+        return EncoderInfo(
+            m.fingerprint,
+            m.embedding_dim,
+            self.precision,
+            self.provider,
+            m.preprocessing.default,
+            m.logit_scale,
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -102,7 +126,7 @@ class Encoder:
         if spec is None:
             known = ", ".join(self.manifest.preprocessing.recipes)
             raise ManifestError(f"recipe {name!r} is not defined for this model; known: {known}")
-        return Recipe(**spec.model_dump())  # type: ignore[arg-type]
+        return Recipe(**spec.model_dump())
 
     # ---------------------------------------------------------------- embedding
 
@@ -110,29 +134,34 @@ class Encoder:
         """Embed preprocessed (B, 3, H, W) input, in batches of ``batch_size``."""
         out = []
         for start in range(0, len(pixel_values), self.batch_size):
-            chunk = np.ascontiguousarray(pixel_values[start:start + self.batch_size])
+            chunk = np.ascontiguousarray(pixel_values[start : start + self.batch_size])
             out.append(self._image.run(["image_embeds"], {"pixel_values": chunk})[0])
         return _stack(out, self.manifest.embedding_dim)
 
-    def embed_images(self, images: list[ImageInput], recipe: str | None = None) -> Embeddings:
+    def embed_images(self, images: Sequence[ImageInput], recipe: str | None = None) -> Embeddings:
         """L2-normalised embeddings (N, D) of images of any mode (see ``preprocess``)."""
         rec = self.recipe(recipe)
         out = []
         for start in range(0, len(images), self.batch_size):
-            out.append(self.embed_pixels(preprocess_batch(images[start:start + self.batch_size],
-                                                          rec)))
+            out.append(
+                self.embed_pixels(preprocess_batch(images[start : start + self.batch_size], rec))
+            )
         return _stack(out, self.manifest.embedding_dim)
 
-    def embed_texts(self, texts: list[str]) -> Embeddings:
+    def embed_texts(self, texts: Sequence[str]) -> Embeddings:
         """L2-normalised embeddings (N, D); each batch runs over its real tokens only."""
         for text in texts:
             if not isinstance(text, str):
                 raise TextInputError(f"text must be a string, got {type(text).__name__}")
         out = []
         for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[start:start + self.batch_size])
-            out.append(self._text.run(["text_embeds"], {"input_ids": batch.input_ids,
-                                                        "attention_mask": batch.attention_mask})[0])
+            batch = self.tokenizer(texts[start : start + self.batch_size])
+            out.append(
+                self._text.run(
+                    ["text_embeds"],
+                    {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
+                )[0]
+            )
         return _stack(out, self.manifest.embedding_dim)
 
     # ---------------------------------------------------------------- self-test
@@ -149,15 +178,18 @@ class Encoder:
                     f"model {self.manifest.short_fingerprint} ({self.precision} on "
                     f"{self.provider}) fails its self-test: {name} embedding of the built-in "
                     f"input has cosine {cos:.6f} to the golden one (needs >= {floor}); "
-                    "the files or the runtime changed since export")
+                    "the files or the runtime changed since export"
+                )
         logger.info("self-test passed (%s, %s)", self.precision, self.provider)
 
 
 def _choose_precision(manifest: Manifest, settings: EncoderSettings) -> str:
     if settings.precision != "auto":
         if settings.precision not in manifest.variants:
-            raise ManifestError(f"this export has no {settings.precision} variant (it has "
-                                f"{', '.join(manifest.variants)}); export with --fp16")
+            raise ManifestError(
+                f"this export has no {settings.precision} variant (it has "
+                f"{', '.join(manifest.variants)}); export with --fp16"
+            )
         return settings.precision
     from indexer.encoders.sessions import resolve_provider
 

@@ -115,27 +115,41 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def model_fingerprint(architecture: dict[str, object], checkpoint_sha256: str,
-                      tokenizer_sha256: list[str]) -> str:
-    payload = json.dumps({"architecture": architecture, "checkpoint": checkpoint_sha256,
-                          "tokenizer": tokenizer_sha256}, sort_keys=True, separators=(",", ":"))
+def model_fingerprint(
+    architecture: dict[str, object], checkpoint_sha256: str, tokenizer_sha256: list[str]
+) -> str:
+    payload = json.dumps(
+        {
+            "architecture": architecture,
+            "checkpoint": checkpoint_sha256,
+            "tokenizer": tokenizer_sha256,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def read_manifest(model_dir: Path) -> Manifest:
     path = model_dir / MANIFEST_NAME
     if not path.is_file():
-        raise ManifestError(f"{model_dir} is not an exported model directory: {MANIFEST_NAME} "
-                            "is missing (export one with `medsearch model export`)")
+        raise ManifestError(
+            f"{model_dir} is not an exported model directory: {MANIFEST_NAME} "
+            "is missing (export one with `medsearch model export`)"
+        )
     try:
         manifest = Manifest.model_validate_json(path.read_bytes())
     except ValidationError as exc:
-        raise ManifestError(f"{path} is not a valid medsearch manifest: "
-                            f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']} "
-                            f"at {'.'.join(str(p) for p in exc.errors()[0]['loc'])}") from exc
+        raise ManifestError(
+            f"{path} is not a valid medsearch manifest: "
+            f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']} "
+            f"at {'.'.join(str(p) for p in exc.errors()[0]['loc'])}"
+        ) from exc
     if manifest.format_version != FORMAT_VERSION:
-        raise ManifestError(f"{path}: format version {manifest.format_version} is not supported "
-                            f"(this medsearch reads {FORMAT_VERSION}); export the model again")
+        raise ManifestError(
+            f"{path}: format version {manifest.format_version} is not supported "
+            f"(this medsearch reads {FORMAT_VERSION}); export the model again"
+        )
     return manifest
 
 

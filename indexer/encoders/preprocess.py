@@ -30,6 +30,7 @@ which only convert grey images and break on the rest:
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -60,8 +61,12 @@ class Recipe:
         return asdict(self)
 
 
-def make_recipe(name: str, size: tuple[int, int], mean: tuple[float, float, float],
-                std: tuple[float, float, float]) -> Recipe:
+def make_recipe(
+    name: str,
+    size: tuple[int, int],
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> Recipe:
     if name == "reference":
         return Recipe("reference", size, mean, std)
     if name == "azure":
@@ -79,7 +84,7 @@ def _scale_to_uint8(arr: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     if not finite.any():
         raise ImageInputError("image has no finite pixel values")
     lo, hi = float(data[finite].min()), float(data[finite].max())
-    data = np.where(finite, data, lo)
+    data[~finite] = lo
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
     return np.round((data - lo) * (255.0 / (hi - lo))).astype(np.uint8)
@@ -142,14 +147,17 @@ def preprocess(image: Image.Image | npt.NDArray[Any], recipe: Recipe) -> npt.NDA
         img = _squash_jpeg(img, recipe.squash, recipe.jpeg_quality or 75)
     height, width = recipe.size
     img = img.resize((width, height), _BICUBIC)
-    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
-    arr = (arr - np.asarray(recipe.mean, dtype=np.float32)) / np.asarray(recipe.std,
-                                                                        dtype=np.float32)
+    # the reference's ToTensor + Normalize, in float32 and in the same order
+    scaled: npt.NDArray[np.float32] = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    mean = np.asarray(recipe.mean, dtype=np.float32)
+    std = np.asarray(recipe.std, dtype=np.float32)
+    arr = (scaled - mean) / std
     return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
 
 
-def preprocess_batch(images: list[Image.Image | npt.NDArray[Any]],
-                     recipe: Recipe) -> npt.NDArray[np.float32]:
+def preprocess_batch(
+    images: Sequence[Image.Image | npt.NDArray[Any]], recipe: Recipe
+) -> npt.NDArray[np.float32]:
     return np.stack([preprocess(im, recipe) for im in images]).astype(np.float32, copy=False)
 
 

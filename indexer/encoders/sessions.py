@@ -41,7 +41,8 @@ def resolve_provider(choice: ProviderChoice) -> str:
             raise ProviderError(
                 "CUDA was asked for but onnxruntime offers only "
                 f"{', '.join(available)}; install the GPU build (pip install 'medsearch[gpu]', "
-                "which replaces onnxruntime with onnxruntime-gpu) or use provider=cpu")
+                "which replaces onnxruntime with onnxruntime-gpu) or use provider=cpu"
+            )
         return CUDA
     return CUDA if CUDA in available else CPU
 
@@ -59,10 +60,13 @@ def create_session(path: Path, options: SessionOptions) -> tuple[Any, str]:
     granted = session.get_providers()[0]
     if wanted == CUDA and granted != CUDA:
         if options.provider == "cuda":
-            raise ProviderError(f"CUDA was asked for but ONNX Runtime could not start it for "
-                                f"{path.name} (check the CUDA and cuDNN libraries); "
-                                f"it offered {granted}")
-        logger.warning("CUDA is installed but did not start for %s; running on %s",
-                       path.name, granted)
+            raise ProviderError(
+                f"CUDA was asked for but ONNX Runtime could not start it for "
+                f"{path.name} (check the CUDA and cuDNN libraries); "
+                f"it offered {granted}"
+            )
+        logger.warning(
+            "CUDA is installed but did not start for %s; running on %s", path.name, granted
+        )
     logger.info("%s runs on %s", path.name, granted)
     return session, granted

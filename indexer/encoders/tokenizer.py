@@ -16,6 +16,7 @@ the embedding does not depend on it.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,14 @@ EOS = "<|endoftext|>"
 CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 _CJK_RANGES = (
-    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
 )
 
 
@@ -69,23 +76,32 @@ class ClipTokenizer:
     """Tokenises text for the MedImageInsight text encoder."""
 
     def __init__(self, vocab: Path, merges: Path, context_length: int = 77) -> None:
-        bpe = BPE.from_file(str(vocab), str(merges), unk_token=EOS,
-                            continuing_subword_prefix="", end_of_word_suffix="</w>",
-                            fuse_unk=False)
+        bpe = BPE.from_file(
+            str(vocab),
+            str(merges),
+            unk_token=EOS,
+            continuing_subword_prefix="",
+            end_of_word_suffix="</w>",
+            fuse_unk=False,
+        )
         tok = Tokenizer(bpe)
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
         tok.decoder = decoders.ByteLevel()
-        tok.add_special_tokens([AddedToken(BOS, normalized=False),
-                                AddedToken(EOS, normalized=False)])
+        tok.add_special_tokens(
+            [AddedToken(BOS, normalized=False), AddedToken(EOS, normalized=False)]
+        )
         self.bos_id = tok.token_to_id(BOS)
         self.eos_id = tok.token_to_id(EOS)
         if self.bos_id is None or self.eos_id is None:
             raise ValueError(f"{vocab} lacks the CLIP special tokens {BOS} and {EOS}")
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{BOS} $A {EOS}", special_tokens=[(BOS, self.bos_id), (EOS, self.eos_id)])
+            single=f"{BOS} $A {EOS}", special_tokens=[(BOS, self.bos_id), (EOS, self.eos_id)]
+        )
         tok.enable_truncation(max_length=context_length)
         self.context_length = context_length
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
@@ -100,7 +116,7 @@ class ClipTokenizer:
         ids: list[int] = self._tok.encode(clean_text(text)).ids
         return ids
 
-    def __call__(self, texts: list[str]) -> TokenBatch:
+    def __call__(self, texts: Sequence[str]) -> TokenBatch:
         """Tokenise a batch, padding with EOS to its longest member."""
         encoded = [self.ids(t) for t in texts]
         longest = max((len(e) for e in encoded), default=0)

@@ -55,12 +55,15 @@ class ReleaseFiles:
 def find_release_files(root: Path) -> ReleaseFiles:
     """Locate config, checkpoint and tokenizer in a release directory, or say what is missing."""
     if not root.is_dir():
-        raise ModelConfigError(f"{root} is not a directory (expected a release directory "
-                               "holding config.yaml, vision_model/ and language_model/)")
+        raise ModelConfigError(
+            f"{root} is not a directory (expected a release directory "
+            "holding config.yaml, vision_model/ and language_model/)"
+        )
     config = root / "config.yaml"
     problems = [] if config.is_file() else ["config.yaml"]
     weights = sorted((root / "vision_model").glob("*.pt")) + sorted(
-        (root / "vision_model").glob("*.safetensors"))
+        (root / "vision_model").glob("*.safetensors")
+    )
     if not weights:
         problems.append("vision_model/*.pt (the safetensors checkpoint)")
     elif len(weights) > 1:
@@ -68,7 +71,8 @@ def find_release_files(root: Path) -> ReleaseFiles:
         if not preferred:
             raise ModelConfigError(
                 f"{root / 'vision_model'} holds several checkpoints "
-                f"({', '.join(w.name for w in weights)}); keep one")
+                f"({', '.join(w.name for w in weights)}); keep one"
+            )
         weights = preferred
     tok_dirs = sorted((root / "language_model").glob("clip_tokenizer*"))
     tok = tok_dirs[0] if tok_dirs else root / "language_model" / "clip_tokenizer_4.16.2"
@@ -76,10 +80,16 @@ def find_release_files(root: Path) -> ReleaseFiles:
         if not (tok / name).is_file():
             problems.append(f"language_model/clip_tokenizer_*/{name}")
     if problems:
-        raise ModelConfigError(f"{root} is not a complete MedImageInsight release; missing: "
-                               + ", ".join(problems))
-    return ReleaseFiles(root=root, config=config, checkpoint=weights[0],
-                        vocab=tok / "vocab.json", merges=tok / "merges.txt")
+        raise ModelConfigError(
+            f"{root} is not a complete MedImageInsight release; missing: " + ", ".join(problems)
+        )
+    return ReleaseFiles(
+        root=root,
+        config=config,
+        checkpoint=weights[0],
+        vocab=tok / "vocab.json",
+        merges=tok / "merges.txt",
+    )
 
 
 def read_release_config(files: ReleaseFiles) -> ModelConfig:
@@ -90,7 +100,7 @@ def canonical_key(key: str) -> str:
     """Map an older checkpoint key name to the current one."""
     for old, new in _OLD_PREFIXES:
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     return _OLD_NAMES.get(key, key)
 
 
@@ -117,29 +127,35 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def check_state_dict(model: MedImageInsight, state: dict[str, torch.Tensor],
-                     allow_unexpected: bool = False) -> dict[str, torch.Tensor]:
+def check_state_dict(
+    model: MedImageInsight, state: dict[str, torch.Tensor], allow_unexpected: bool = False
+) -> dict[str, torch.Tensor]:
     """Refuse a state dict that does not fit ``model`` exactly; return what to load."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mis_shaped = sorted(
         f"{k} {tuple(state[k].shape)} (config says {tuple(expected[k].shape)})"
-        for k in set(expected) & set(state) if state[k].shape != expected[k].shape)
+        for k in set(expected) & set(state)
+        if state[k].shape != expected[k].shape
+    )
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
     if unexpected and not allow_unexpected:
         problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
     if mis_shaped:
-        problems.append(f"{len(mis_shaped)} shape(s) contradict config.yaml: "
-                        f"{_listing(mis_shaped)}")
+        problems.append(
+            f"{len(mis_shaped)} shape(s) contradict config.yaml: {_listing(mis_shaped)}"
+        )
     if problems:
-        raise CheckpointError("checkpoint does not match the architecture in config.yaml: "
-                              + "; ".join(problems))
+        raise CheckpointError(
+            "checkpoint does not match the architecture in config.yaml: " + "; ".join(problems)
+        )
     if unexpected:
-        logger.warning("ignoring %d unexpected checkpoint key(s): %s", len(unexpected),
-                       _listing(unexpected))
+        logger.warning(
+            "ignoring %d unexpected checkpoint key(s): %s", len(unexpected), _listing(unexpected)
+        )
     return {k: state[k].float() for k in expected}
 
 

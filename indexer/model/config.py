@@ -70,9 +70,19 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         img = dict(data["image"])
-        for key in ("image_size", "mean", "std", "patch_size", "patch_stride",
-                    "patch_padding", "patch_prenorm", "dim_embed", "num_heads",
-                    "num_groups", "depths"):
+        for key in (
+            "image_size",
+            "mean",
+            "std",
+            "patch_size",
+            "patch_stride",
+            "patch_padding",
+            "patch_prenorm",
+            "dim_embed",
+            "num_heads",
+            "num_groups",
+            "depths",
+        ):
             img[key] = tuple(img[key])
         return cls(
             image=ImageTowerConfig(**img),
@@ -109,8 +119,10 @@ def parse_config(raw: dict[str, Any], vocab_size: int) -> ModelConfig:
     if name not in ("davit_v1", "cls_davit_v1"):
         raise ModelConfigError(f"config.yaml: IMAGE_ENCODER.NAME {name!r} is not DaViT")
     if lang.get("TOKENIZER", "clip") != "clip":
-        raise ModelConfigError(f"config.yaml: LANG_ENCODER.TOKENIZER {lang.get('TOKENIZER')!r} "
-                               "is not the CLIP tokenizer")
+        raise ModelConfigError(
+            f"config.yaml: LANG_ENCODER.TOKENIZER {lang.get('TOKENIZER')!r} "
+            "is not the CLIP tokenizer"
+        )
     if not spec.get("STANDPARAM", True):
         raise ModelConfigError("config.yaml: muP-parameterised encoders are not supported")
 
@@ -135,17 +147,27 @@ def parse_config(raw: dict[str, Any], vocab_size: int) -> ModelConfig:
         conv_at_ffn=bool(spec.get("CONV_AT_FFN", True)),
         dynamic_scale=bool(spec.get("DYNAMIC_SCALE", True)),
     )
-    for field in ("patch_size", "patch_stride", "patch_padding", "patch_prenorm",
-                  "dim_embed", "num_heads", "num_groups"):
+    for field in (
+        "patch_size",
+        "patch_stride",
+        "patch_padding",
+        "patch_prenorm",
+        "dim_embed",
+        "num_heads",
+        "num_groups",
+    ):
         if len(getattr(image, field)) != stages:
             raise ModelConfigError(
                 f"config.yaml: {w}.{field.upper()} has {len(getattr(image, field))} entries, "
-                f"DEPTHS has {stages}")
+                f"DEPTHS has {stages}"
+            )
     for i, dim in enumerate(image.dim_embed):
         if dim % image.num_heads[i] or dim % image.num_groups[i]:
-            raise ModelConfigError(f"config.yaml: stage {i} width {dim} is not divisible by "
-                                   f"its heads ({image.num_heads[i]}) and groups "
-                                   f"({image.num_groups[i]})")
+            raise ModelConfigError(
+                f"config.yaml: stage {i} width {dim} is not divisible by "
+                f"its heads ({image.num_heads[i]}) and groups "
+                f"({image.num_groups[i]})"
+            )
     text = TextTowerConfig(
         context_length=int(_require(lang, "CONTEXT_LENGTH", "LANG_ENCODER")),
         width=int(_require(lang, "WIDTH", "LANG_ENCODER")),
@@ -155,11 +177,14 @@ def parse_config(raw: dict[str, Any], vocab_size: int) -> ModelConfig:
         autoregressive=bool(lang.get("AUTOGRESSIVE", True)),
     )
     if text.autoregressive:
-        raise ModelConfigError("config.yaml: LANG_ENCODER.AUTOGRESSIVE is true; MedImageInsight's "
-                               "text tower is bidirectional and that is all this exporter builds")
+        raise ModelConfigError(
+            "config.yaml: LANG_ENCODER.AUTOGRESSIVE is true; MedImageInsight's "
+            "text tower is bidirectional and that is all this exporter builds"
+        )
     if text.width % text.heads:
-        raise ModelConfigError(f"config.yaml: LANG_ENCODER.WIDTH {text.width} is not divisible "
-                               f"by HEADS {text.heads}")
+        raise ModelConfigError(
+            f"config.yaml: LANG_ENCODER.WIDTH {text.width} is not divisible by HEADS {text.heads}"
+        )
     dim_projection = int(_require(unicl, "DIM_PROJECTION", "UNICL_MODEL"))
     return ModelConfig(image=image, text=text, dim_projection=dim_projection)
 

@@ -57,8 +57,15 @@ class ExportError(ModelError):
     """The exported graphs do not reproduce the PyTorch model."""
 
 
-def export_release(source: Path, out: Path, *, fp16: bool = False, opset: int = DEFAULT_OPSET,
-                   allow_unexpected_keys: bool = False, overwrite: bool = False) -> Manifest:
+def export_release(
+    source: Path,
+    out: Path,
+    *,
+    fp16: bool = False,
+    opset: int = DEFAULT_OPSET,
+    allow_unexpected_keys: bool = False,
+    overwrite: bool = False,
+) -> Manifest:
     """Export the release in ``source`` to a new model directory ``out``."""
     if out.exists() and not overwrite:
         raise ModelError(f"{out} already exists; choose a new directory or pass --overwrite")
@@ -78,8 +85,7 @@ def export_release(source: Path, out: Path, *, fp16: bool = False, opset: int = 
     return manifest
 
 
-def _export_into(model: Any, files: ReleaseFiles, tmp: Path, *, fp16: bool,
-                 opset: int) -> Manifest:
+def _export_into(model: Any, files: ReleaseFiles, tmp: Path, *, fp16: bool, opset: int) -> Manifest:
     import torch
 
     cfg = model.config
@@ -88,8 +94,9 @@ def _export_into(model: Any, files: ReleaseFiles, tmp: Path, *, fp16: bool,
         shutil.copyfile(src, tmp / "tokenizer" / src.name)
     tokenizer = ClipTokenizer.from_dir(tmp / "tokenizer", cfg.text.context_length)
     if tokenizer.vocab_size != cfg.text.vocab_size:
-        raise ModelError(f"tokenizer has {tokenizer.vocab_size} tokens, the text tower "
-                         f"{cfg.text.vocab_size}")
+        raise ModelError(
+            f"tokenizer has {tokenizer.vocab_size} tokens, the text tower {cfg.text.vocab_size}"
+        )
 
     _export_image(model, tmp / "image_encoder.onnx", opset)
     _export_text(model, tmp / "text_encoder.onnx", opset)
@@ -101,28 +108,46 @@ def _export_into(model: Any, files: ReleaseFiles, tmp: Path, *, fp16: bool,
     batch = tokenizer(list(CHECK_TEXTS))
     with torch.no_grad():
         want_img = model.encode_image(torch.from_numpy(pixels)).numpy()
-        want_txt = model.encode_text(torch.from_numpy(batch.input_ids),
-                                     torch.from_numpy(batch.attention_mask)).numpy()
-    got_img, got_txt = _run_onnx(tmp / "image_encoder.onnx", tmp / "text_encoder.onnx",
-                                 pixels, batch.input_ids, batch.attention_mask)
+        want_txt = model.encode_text(
+            torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
+        ).numpy()
+    got_img, got_txt = _run_onnx(
+        tmp / "image_encoder.onnx",
+        tmp / "text_encoder.onnx",
+        pixels,
+        batch.input_ids,
+        batch.attention_mask,
+    )
     _check_close("fp32 ONNX vs PyTorch", got_img, want_img, got_txt, want_txt, MIN_COSINE_FP32)
 
-    variants = {"fp32": Variant(precision="fp32", image_encoder="image_encoder.onnx",
-                                text_encoder="text_encoder.onnx")}
+    variants = {
+        "fp32": Variant(
+            precision="fp32", image_encoder="image_encoder.onnx", text_encoder="text_encoder.onnx"
+        )
+    }
     if fp16:
         from indexer.model.fp16 import convert_to_fp16
 
         for name in ("image_encoder", "text_encoder"):
             convert_to_fp16(tmp / f"{name}.onnx", tmp / f"{name}.fp16.onnx")
-        variants["fp16"] = Variant(precision="fp16", image_encoder="image_encoder.fp16.onnx",
-                                   text_encoder="text_encoder.fp16.onnx")
-        h_img, h_txt = _run_onnx(tmp / "image_encoder.fp16.onnx", tmp / "text_encoder.fp16.onnx",
-                                 pixels, batch.input_ids, batch.attention_mask)
+        variants["fp16"] = Variant(
+            precision="fp16",
+            image_encoder="image_encoder.fp16.onnx",
+            text_encoder="text_encoder.fp16.onnx",
+        )
+        h_img, h_txt = _run_onnx(
+            tmp / "image_encoder.fp16.onnx",
+            tmp / "text_encoder.fp16.onnx",
+            pixels,
+            batch.input_ids,
+            batch.attention_mask,
+        )
         _check_close("fp16 ONNX vs fp32", h_img, got_img, h_txt, got_txt, MIN_COSINE_FP16)
 
     names = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-    entries = [FileEntry(path=n, sha256=sha256_file(tmp / n), size=(tmp / n).stat().st_size)
-               for n in names]
+    entries = [
+        FileEntry(path=n, sha256=sha256_file(tmp / n), size=(tmp / n).stat().st_size) for n in names
+    ]
     tok_hashes = [e.sha256 for e in entries if e.path.startswith("tokenizer/")]
     checkpoint_sha = sha256_file(files.checkpoint)
     architecture = cfg.to_dict()
@@ -137,18 +162,26 @@ def _export_into(model: Any, files: ReleaseFiles, tmp: Path, *, fp16: bool,
         context_length=cfg.text.context_length,
         opset=opset,
         preprocessing=Preprocessing(
-            default="reference",
-            recipes={k: RecipeSpec(**r.to_dict()) for k, r in recipes.items()}),
+            default="reference", recipes={k: RecipeSpec(**r.to_dict()) for k, r in recipes.items()}
+        ),
         tokenizer={"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt"},
         variants=variants,
         files=entries,
-        golden=Golden(image_input="builtin:v1", recipe="reference", text_input=GOLDEN_TEXT,
-                      image=[float(v) for v in got_img[0]],
-                      text=[float(v) for v in got_txt[0]]),
-        source=Source(checkpoint=files.checkpoint.name, checkpoint_sha256=checkpoint_sha,
-                      config_sha256=sha256_file(files.config),
-                      exporter=f"medsearch {__version__}", torch=torch.__version__,
-                      created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")),
+        golden=Golden(
+            image_input="builtin:v1",
+            recipe="reference",
+            text_input=GOLDEN_TEXT,
+            image=[float(v) for v in got_img[0]],
+            text=[float(v) for v in got_txt[0]],
+        ),
+        source=Source(
+            checkpoint=files.checkpoint.name,
+            checkpoint_sha256=checkpoint_sha,
+            config_sha256=sha256_file(files.config),
+            exporter=f"medsearch {__version__}",
+            torch=torch.__version__,
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        ),
     )
     (tmp / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=1) + "\n", encoding="utf-8")
     return manifest
@@ -162,9 +195,15 @@ def _export_image(model: Any, path: Path, opset: int) -> None:
     h, w = model.config.image.image_size
     example = torch.zeros(2, 3, h, w)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    _onnx_export(ImageEncoderGraph(model).eval(), (example,), path, opset,
-                 input_names=["pixel_values"], output_names=["image_embeds"],
-                 dynamic_shapes={"pixel_values": {0: batch}})
+    _onnx_export(
+        ImageEncoderGraph(model).eval(),
+        (example,),
+        path,
+        opset,
+        input_names=["pixel_values"],
+        output_names=["image_embeds"],
+        dynamic_shapes={"pixel_values": {0: batch}},
+    )
 
 
 def _export_text(model: Any, path: Path, opset: int) -> None:
@@ -178,27 +217,43 @@ def _export_text(model: Any, path: Path, opset: int) -> None:
     mask = torch.ones_like(ids)
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("sequence", min=2, max=ctx)
-    _onnx_export(TextEncoderGraph(model).eval(), (ids, mask), path, opset,
-                 input_names=["input_ids", "attention_mask"], output_names=["text_embeds"],
-                 dynamic_shapes={"input_ids": {0: batch, 1: seq},
-                                 "attention_mask": {0: batch, 1: seq}})
+    _onnx_export(
+        TextEncoderGraph(model).eval(),
+        (ids, mask),
+        path,
+        opset,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["text_embeds"],
+        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+    )
 
 
-def _onnx_export(module: Any, args: tuple[Any, ...], path: Path, opset: int,
-                 **kwargs: Any) -> None:
+def _onnx_export(module: Any, args: tuple[Any, ...], path: Path, opset: int, **kwargs: Any) -> None:
     import torch
 
     # the exporter reports through warnings and stdout; keep our CLI output clean
-    with torch.no_grad(), open(os.devnull, "w") as sink, \
-            contextlib.redirect_stdout(sink):
-        program = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
-                                    external_data=False, verbose=False, **kwargs)
+    with torch.no_grad(), open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+            **kwargs,
+        )
+        if program is None:
+            raise ExportError(f"torch.onnx.export returned no program for {path.name}")
         program.save(str(path), external_data=False)
 
 
-def _run_onnx(image_path: Path, text_path: Path, pixels: npt.NDArray[np.float32],
-              ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64],
-              ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+def _run_onnx(
+    image_path: Path,
+    text_path: Path,
+    pixels: npt.NDArray[np.float32],
+    ids: npt.NDArray[np.int64],
+    mask: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     from indexer.encoders.sessions import SessionOptions, create_session
 
     options = SessionOptions(provider="cpu")
@@ -209,14 +264,21 @@ def _run_onnx(image_path: Path, text_path: Path, pixels: npt.NDArray[np.float32]
     return np.asarray(img, dtype=np.float32), np.asarray(txt, dtype=np.float32)
 
 
-def _check_close(what: str, got_img: npt.NDArray[np.float32], want_img: npt.NDArray[np.float32],
-                 got_txt: npt.NDArray[np.float32], want_txt: npt.NDArray[np.float32],
-                 floor: float) -> None:
+def _check_close(
+    what: str,
+    got_img: npt.NDArray[np.float32],
+    want_img: npt.NDArray[np.float32],
+    got_txt: npt.NDArray[np.float32],
+    want_txt: npt.NDArray[np.float32],
+    floor: float,
+) -> None:
     cos = np.concatenate([(got_img * want_img).sum(-1), (got_txt * want_txt).sum(-1)])
     worst = float(np.min(cos)) if np.all(np.isfinite(cos)) else float("nan")
     if not worst >= floor:
-        raise ExportError(f"{what}: worst cosine {worst:.6f} < {floor}; the exported graph does "
-                          "not reproduce the model")
+        raise ExportError(
+            f"{what}: worst cosine {worst:.6f} < {floor}; the exported graph does "
+            "not reproduce the model"
+        )
     logger.info("%s: worst cosine %.7f over %d inputs", what, worst, len(cos))
 
 

@@ -24,7 +24,6 @@ def convert_to_fp16(src: Path, dst: Path) -> None:
     model = onnx.load(str(src))
     with warnings.catch_warnings():  # it warns for every tiny weight it rounds to 1e-7
         warnings.simplefilter("ignore", UserWarning)
-        half = float16.convert_float_to_float16(model, keep_io_types=True,
-                                                op_block_list=KEEP_FP32)
+        half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=KEEP_FP32)
     onnx.save(half, str(dst))
     logger.info("wrote fp16 variant %s", dst.name)

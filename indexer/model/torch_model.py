@@ -39,8 +39,8 @@ class _DepthWiseConv(nn.Module):
         self.dw = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        b, n, c = x.shape
-        y = self.dw(x.transpose(1, 2).reshape(b, c, h, w))
+        b, _, c = x.shape
+        y: Tensor = self.dw(x.transpose(1, 2).reshape(b, c, h, w))
         return y.flatten(2).transpose(1, 2)
 
 
@@ -52,7 +52,8 @@ class _ConvResidual(nn.Module):
         self.fn = _DepthWiseConv(dim)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        return x + self.fn(x, h, w)
+        out: Tensor = self.fn(x, h, w)
+        return x + out
 
 
 class _Mlp(nn.Module):
@@ -186,8 +187,13 @@ class _ConvEmbed(nn.Module):
         dim_in = 3 if stage == 0 else cfg.dim_embed[stage - 1]
         dim_out = cfg.dim_embed[stage]
         self.pre_norm = cfg.patch_prenorm[stage]
-        self.proj = nn.Conv2d(dim_in, dim_out, kernel_size=cfg.patch_size[stage],
-                              stride=cfg.patch_stride[stage], padding=cfg.patch_padding[stage])
+        self.proj = nn.Conv2d(
+            dim_in,
+            dim_out,
+            kernel_size=cfg.patch_size[stage],
+            stride=cfg.patch_stride[stage],
+            padding=cfg.patch_padding[stage],
+        )
         self.norm = nn.LayerNorm(dim_in if self.pre_norm else dim_out)
 
     def forward(self, x: Tensor, h: int, w: int) -> tuple[Tensor, int, int]:
@@ -212,14 +218,16 @@ class DaViT(nn.Module):
         stages = range(len(cfg.depths))
         self.convs = nn.ModuleList([_ConvEmbed(i, cfg) for i in stages])
         self.blocks = nn.ModuleList(
-            [nn.ModuleList([_DualBlock(i, cfg) for _ in range(cfg.depths[i])]) for i in stages])
+            [nn.ModuleList([_DualBlock(i, cfg) for _ in range(cfg.depths[i])]) for i in stages]
+        )
         self.norms = nn.LayerNorm(cfg.dim_out)
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = int(x.shape[2]), int(x.shape[3])
         for conv, stage in zip(self.convs, self.blocks, strict=True):
             x, h, w = conv(x, h, w)
-            for block in stage:  # type: ignore[union-attr]
+            assert isinstance(stage, nn.ModuleList)
+            for block in stage:
                 x = block(x, h, w)
         out: Tensor = self.norms(x.mean(dim=1))
         return out
@@ -271,7 +279,8 @@ class TextTransformer(nn.Module):
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(torch.zeros(cfg.context_length, cfg.width))
         self.resblocks = nn.ModuleList(
-            [_ResidualAttentionBlock(cfg.width, cfg.heads) for _ in range(cfg.layers)])
+            [_ResidualAttentionBlock(cfg.width, cfg.heads) for _ in range(cfg.layers)]
+        )
         self.ln_final = nn.LayerNorm(cfg.width, eps=1e-12)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

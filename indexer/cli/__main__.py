@@ -1,0 +1,5 @@
+"""``python -m indexer.cli`` runs the ``medsearch`` command."""
+
+from indexer.cli.app import main
+
+main()

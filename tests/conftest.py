@@ -1,0 +1,69 @@
+"""Shared fixtures: the bundled test model, its encoder, real images from pydicom."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer.encoders.encoder import Encoder
+from indexer.settings import EncoderSettings
+
+TEST_MODEL = Path(__file__).parent / "data" / "test_model"
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+needs_torch = pytest.mark.skipif(not has_module("torch"), reason="needs the export extra (torch)")
+needs_reference = pytest.mark.skipif(
+    not (has_module("torch") and has_module("MedImageInsights") and has_module("transformers")),
+    reason="needs the reference implementation (dev extra)",
+)
+
+
+@pytest.fixture(scope="session")
+def test_model_dir() -> Path:
+    return TEST_MODEL
+
+
+@pytest.fixture(scope="session")
+def encoder(test_model_dir: Path) -> Encoder:
+    return Encoder.load(test_model_dir, EncoderSettings(provider="cpu", intra_op_threads=2))
+
+
+def dicom_images() -> dict[str, Image.Image]:
+    """Real scanner images from pydicom's test files, rendered to 8-bit by min-max."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    out: dict[str, Image.Image] = {}
+    for name in ("CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm", "SC_rgb.dcm"):
+        path = get_testdata_file(name)
+        assert path is not None, name
+        arr = dcmread(path).pixel_array
+        if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] != 3):
+            arr = arr[0]
+        arr = arr.astype(np.float64)
+        arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1.0) * 255.0
+        out[name] = Image.fromarray(np.round(arr).astype(np.uint8))
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_images() -> dict[str, Image.Image]:
+    return dicom_images()
+
+
+@pytest.fixture()
+def tmp_model_copy(tmp_path: Path, test_model_dir: Path) -> Iterator[Path]:
+    import shutil
+
+    dst = tmp_path / "model"
+    shutil.copytree(test_model_dir, dst)
+    yield dst
