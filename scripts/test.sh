@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Run every check: lint, format, types, tests. Installs the dev environment if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/pytest ] || bash scripts/install-dev.sh
+. .venv/bin/activate
+ruff check .
+ruff format --check .
+mypy
+python -m pytest "$@"
