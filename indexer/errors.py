@@ -40,3 +40,23 @@ class ImageInputError(MedsearchError):
 
 class TextInputError(MedsearchError):
     """A text input cannot be embedded."""
+
+
+class ImageRefused(ImageInputError):
+    """An input file is not indexed, for a named reason (``reason``) and a short detail.
+
+    Reasons are fixed phrases (see :class:`indexer.imaging.types.Reason`); the detail never
+    carries attribute values from the file, so it is safe to log and to return.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class SourceError(MedsearchError):
+    """An image source (directory, archive, DICOMDIR, item URI or sidecar CSV) cannot be used.
+
+    The message names the path or URI and says what was expected instead.
+    """

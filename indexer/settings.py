@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,3 +32,52 @@ class EncoderSettings(BaseSettings):
     batch_size: int = Field(default=8, ge=1, le=1024)
     verify_hashes: bool = Field(default=True, description="check every file's sha256 on load")
     self_test: bool = Field(default=True, description="refuse a model that fails its goldens")
+
+
+class ImagingSettings(BaseSettings):
+    """How input files are read: limits for untrusted bytes, frames, and the PHI policy."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDSEARCH_", extra="ignore")
+
+    max_pixels: int = Field(
+        default=40_000_000,
+        ge=1,
+        description="largest frame (rows x columns) decoded; Pillow's own limit is ~89 M",
+    )
+    max_file_bytes: int = Field(default=1 << 30, ge=1, description="largest input file")
+    max_frames: int = Field(default=4096, ge=1, description="most frames in one DICOM object")
+    frames: Literal["middle", "all"] = Field(
+        default="middle", description="multi-frame DICOM: the middle frame, or every frame"
+    )
+    decode_timeout_s: float = Field(default=60.0, gt=0, description="per file, guarded mode")
+    decode_memory_mb: int = Field(
+        default=4096, ge=256, description="address-space limit of a guarded decoder process"
+    )
+    phi_allow: list[str] = Field(
+        default_factory=list,
+        description="DICOM keywords of PHI attributes that may be stored (default: none)",
+    )
+    patient_hash_salt: SecretStr | None = Field(
+        default=None,
+        description="when set, store HMAC-SHA256(salt, issuer + patient ID) as patient_key",
+    )
+
+    @field_validator("phi_allow")
+    @classmethod
+    def _known_phi_keywords(cls, value: list[str]) -> list[str]:
+        from indexer.imaging.phi import PHI_KEYWORDS
+
+        unknown = sorted(set(value) - PHI_KEYWORDS)
+        if unknown:
+            raise ValueError(
+                f"phi_allow names attributes that are not PHI keywords: {', '.join(unknown)} "
+                "(non-PHI catalog attributes are always stored)"
+            )
+        return sorted(set(value))
+
+    @field_validator("patient_hash_salt")
+    @classmethod
+    def _salt_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("patient_hash_salt must be at least 16 characters")
+        return value

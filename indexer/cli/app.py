@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from indexer.cli import embed, model
+from indexer.cli import embed, model, preview
 from indexer.errors import MedsearchError
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(model.app, name="model")
 app.command("embed")(embed.embed)
+app.command("preview")(preview.preview)
 
 
 @app.callback()

@@ -6,21 +6,24 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
+import numpy.typing as npt
 import typer
-from PIL import Image, UnidentifiedImageError
 
 from indexer.errors import ImageInputError
 
 
-def _open_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img
-    except FileNotFoundError as exc:
-        raise ImageInputError(f"{path}: no such file") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageInputError(f"{path}: not a readable image ({exc})") from exc
+def _open_image(path: Path) -> npt.NDArray[np.uint8]:
+    """The rendered image of a DICOM, PNG, JPEG, TIFF or BMP file (its first frame kept)."""
+    from indexer.imaging import decode_path
+    from indexer.settings import ImagingSettings
+
+    if not path.is_file():
+        raise ImageInputError(f"{path}: no such file")
+    result = decode_path(path, ImagingSettings())
+    if not result.ok:
+        raise ImageInputError(f"{path}: {result.reason}: {result.detail}".rstrip(": "))
+    return result.images[0].pixels
 
 
 def embed(

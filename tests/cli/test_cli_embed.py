@@ -62,7 +62,7 @@ def test_embed_refuses_a_corrupt_image_with_a_message(test_model_dir: Path, tmp_
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     run = medsearch("embed", "--model", str(test_model_dir), "--image", str(bad))
     assert run.returncode == 2
-    assert "bad.png: not a readable image" in run.stderr
+    assert "bad.png: corrupt: unreadable image header" in run.stderr
     assert "Traceback" not in run.stderr
 
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# System packages the tests use: dcmtk (an independent DICOM renderer to compare with).
+# Needs root (CI runs as root); elsewhere it says what to install and carries on.
+set -euo pipefail
+PACKAGES="dcmtk"
+missing=""
+for p in $PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+else
+  echo "install-system: not root; tests that need:$missing will be skipped" >&2
+fi
