@@ -60,3 +60,23 @@ class SourceError(MedsearchError):
 
     The message names the path or URI and says what was expected instead.
     """
+
+
+class CatalogError(MedsearchError):
+    """The catalog cannot be opened or does not hold what was asked for."""
+
+
+class ModelMismatchError(MedsearchError):
+    """Embeddings of a different model (fingerprint) or recipe would be mixed: refused."""
+
+
+class VectorIndexError(MedsearchError):
+    """Vectors or ids cannot go into (or be searched in) the FAISS index as given."""
+
+
+class IndexMissingError(VectorIndexError):
+    """No usable index is published: run ``medsearch index build`` (or ``rebuild``)."""
+
+
+class IndexCorruptError(VectorIndexError):
+    """A published index's files do not match its manifest: run ``medsearch index rebuild``."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the runtime and run the main job on the bundled test model (random weights!):
-# embed a real CT slice from pydicom's test files and a text prompt, print the result.
+# index the real DICOM files that ship with pydicom, then search them by text and by image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -8,24 +8,19 @@ PYTHON=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q -e .
+MODEL=tests/data/test_model
+INDEX=out/index
+SAMPLE=$(python -c "import pathlib, pydicom.data; print(pathlib.Path(pydicom.data.__file__).parent / 'test_files')")
 mkdir -p out
-python - <<'PY'
-import numpy as np
-from PIL import Image
-from pydicom import dcmread
-from pydicom.data import get_testdata_file
-
-ds = dcmread(get_testdata_file("CT_small.dcm"))
-hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-lo, hi = 40 - 400 / 2, 40 + 400 / 2  # soft-tissue window
-Image.fromarray(np.uint8(np.clip((hu - lo) / (hi - lo), 0, 1) * 255)).save("out/CT_small.png")
-PY
-medsearch model info tests/data/test_model
-medsearch embed --model tests/data/test_model --image out/CT_small.png \
-  --text "CT abdomen axial soft tissue window" > out/embeddings.json
-python -c "
-import json; r = json.load(open('out/embeddings.json'))
-i, t = r['image_features'][0], r['text_features'][0]
-print(f'image embedding: {len(i)} dims, text embedding: {len(t)} dims, '
-      f'cosine {sum(a * b for a, b in zip(i, t)):.4f}, scaling_factor {r[\"scaling_factor\"]:.3f}')
-print('full JSON: out/embeddings.json')"
+medsearch model info "$MODEL"
+echo "== index $SAMPLE (pydicom's real scanner files) into $INDEX"
+medsearch index build "$SAMPLE" --index "$INDEX" --model "$MODEL" --report out/build-report.json
+medsearch index stats --index "$INDEX"
+medsearch index verify --index "$INDEX"
+echo "== what the model sees for a CT slice: out/CT_small.png"
+medsearch preview "$SAMPLE/CT_small.dcm" -o out/CT_small.png
+echo "== image search: CT_small.dcm (itself first, score 1.0)"
+medsearch index search --index "$INDEX" --model "$MODEL" --image "$SAMPLE/CT_small.dcm" -k 3
+echo "== text search (random weights: the ranking means nothing medically)"
+medsearch index search --index "$INDEX" --model "$MODEL" -k 3 \
+  --text "x-ray chest anteroposterior Atelectasis"

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from indexer.cli import embed, model, preview
+from indexer.cli import db, embed, index, model, preview
 from indexer.errors import MedsearchError
 
 app = typer.Typer(
@@ -17,6 +17,8 @@ app = typer.Typer(
     help="Similarity search for medical images with MedImageInsight.",
 )
 app.add_typer(model.app, name="model")
+app.add_typer(index.app, name="index")
+app.add_typer(db.app, name="db")
 app.command("embed")(embed.embed)
 app.command("preview")(preview.preview)
 

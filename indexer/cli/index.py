@@ -1,0 +1,249 @@
+"""``medsearch index ...``: build, add, remove, stats, verify, rebuild, search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from indexer.errors import MedsearchError
+
+app = typer.Typer(no_args_is_help=True, help="Build and query an index (catalog + FAISS).")
+
+IndexOpt = Annotated[
+    Path, typer.Option("--index", help="index directory (catalog + FAISS versions)")
+]
+ModelOpt = Annotated[
+    Path,
+    typer.Option("--model", help="exported model directory", envvar="MEDSEARCH_MODEL_DIR"),
+]
+
+
+def _build(
+    command: str,
+    sources: list[str],
+    index: Path,
+    model: Path,
+    workers: int,
+    batch_size: int,
+    rebuild: bool,
+    metadata: Path | None,
+    key: str,
+    frames: str,
+    report: Path | None,
+    progress: bool,
+) -> None:
+    from indexer.pipeline.runner import BuildOptions, run_build
+    from indexer.settings import ImagingSettings
+
+    if frames not in ("middle", "all"):
+        raise typer.BadParameter("--frames must be middle or all")
+    chosen: Literal["middle", "all"] = "all" if frames == "all" else "middle"
+    options = BuildOptions(
+        sources=sources,
+        index_dir=index,
+        model_dir=model,
+        workers=workers,
+        batch_size=batch_size,
+        rebuild=rebuild,
+        sidecar=metadata,
+        sidecar_key=key,
+        imaging=ImagingSettings(frames=chosen),
+        progress=progress,
+        command=command,
+    )
+    result = run_build(options).to_dict()
+    result.pop("batches")
+    if report is not None:
+        report.write_text(json.dumps(result, indent=2))
+    failed = ", ".join(f"{k} {v}" for k, v in sorted(result["failed"].items())) or "none"
+    skipped = sum(result["skipped"].values())
+    typer.echo(
+        f"indexed {result['indexed']}, skipped {skipped} already indexed and "
+        f"{result['duplicates']} duplicates, failed: {failed}; "
+        f"{result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s; "
+        f"index {result['index'].get('version')} holds {result['index'].get('count')}"
+    )
+
+
+@app.command()
+def build(
+    sources: Annotated[list[str], typer.Argument(help="folders, zip/tar files, DICOMDIRs")],
+    index: IndexOpt,
+    model: ModelOpt,
+    workers: Annotated[int, typer.Option(min=1, help="decoder processes")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 32,
+    rebuild: Annotated[bool, typer.Option(help="retrain the vector index from scratch")] = False,
+    metadata: Annotated[Path | None, typer.Option(help="sidecar CSV of labels")] = None,
+    key: Annotated[str, typer.Option(help="the sidecar column holding image paths")] = "path",
+    frames: Annotated[str, typer.Option(help="multi-frame DICOM: middle or all")] = "middle",
+    report: Annotated[Path | None, typer.Option(help="write the run report (JSON)")] = None,
+    progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
+) -> None:
+    """Index SOURCES into --index (resumable: rerun after a crash to continue)."""
+    _build(
+        "build", sources, index, model, workers, batch_size, rebuild, metadata, key, frames,
+        report, progress,
+    )  # fmt: skip
+
+
+@app.command()
+def add(
+    sources: Annotated[list[str], typer.Argument(help="folders, zip/tar files, DICOMDIRs")],
+    index: IndexOpt,
+    model: ModelOpt,
+    workers: Annotated[int, typer.Option(min=1)] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 32,
+    metadata: Annotated[Path | None, typer.Option(help="sidecar CSV of labels")] = None,
+    key: Annotated[str, typer.Option(help="the sidecar column holding image paths")] = "path",
+    frames: Annotated[str, typer.Option(help="middle or all")] = "middle",
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Add new items from SOURCES to an existing index."""
+    _build(
+        "add", sources, index, model, workers, batch_size, False, metadata, key, frames, None,
+        progress,
+    )  # fmt: skip
+
+
+@app.command()
+def remove(
+    index: IndexOpt,
+    uid: Annotated[
+        list[str] | None, typer.Option("--uid", help="SOP, Series or Study Instance UID")
+    ] = None,
+    source_prefix: Annotated[str | None, typer.Option(help="source URI prefix")] = None,
+) -> None:
+    """Remove items by UID or source URI prefix, and publish the updated index."""
+    from indexer.pipeline.runner import open_catalog
+    from indexer.store.sync import sync_index
+
+    if not uid and not source_prefix:
+        raise typer.BadParameter("give --uid or --source-prefix")
+    catalog = open_catalog(index)
+    try:
+        removed = catalog.remove(uids=uid or [], source_prefix=source_prefix)
+        binding = catalog.binding()
+        if binding is None:
+            raise MedsearchError("this index is empty")
+        manifest = sync_index(catalog, index, binding)
+    finally:
+        catalog.close()
+    typer.echo(f"removed {removed}; index {manifest['version']} holds {manifest['count']}")
+
+
+@app.command()
+def rebuild(index: IndexOpt) -> None:
+    """Rebuild and publish the vector index from the catalog alone (no model needed)."""
+    from indexer.pipeline.runner import open_catalog
+    from indexer.store.sync import sync_index
+
+    catalog = open_catalog(index)
+    try:
+        binding = catalog.binding()
+        if binding is None:
+            raise MedsearchError("this index has no catalog rows to rebuild from")
+        manifest = sync_index(catalog, index, binding, rebuild=True)
+    finally:
+        catalog.close()
+    typer.echo(f"rebuilt index {manifest['version']}: {manifest['count']} vectors")
+
+
+@app.command()
+def stats(index: IndexOpt, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Counts, the model, and the published index's build facts (incl. measured recall)."""
+    from indexer.pipeline.runner import open_catalog
+    from indexer.store.sync import index_store
+
+    catalog = open_catalog(index)
+    try:
+        out = catalog.stats()
+        binding = catalog.binding()
+        out["model"] = binding.__dict__ if binding else None
+    finally:
+        catalog.close()
+    manifest = index_store(index).current()
+    out["index"] = manifest.model_dump(mode="json") if manifest else None
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    typer.echo(f"items: {out['items']}")
+    typer.echo(f"failures: {out['failures']}")
+    typer.echo(f"modalities: {out['modalities']}")
+    if manifest is not None:
+        f = manifest.facts
+        typer.echo(
+            f"index {manifest.version}: {manifest.count} vectors, {f.kind}, nlist {f.nlist}, "
+            f"nprobe {f.nprobe}, recall@10 {f.recall_at_10:.3f}"
+        )
+    else:
+        typer.echo("index: none published")
+
+
+@app.command()
+def verify(
+    index: IndexOpt,
+    probes: Annotated[int, typer.Option(min=0, help="probe queries")] = 20,
+) -> None:
+    """Check that the catalog and the published index agree; exit 1 if not."""
+    from indexer.pipeline.runner import open_catalog
+    from indexer.store.verify import verify as run_verify
+
+    catalog = open_catalog(index)
+    try:
+        report = run_verify(index, catalog, probes=probes)
+    finally:
+        catalog.close()
+    typer.echo(json.dumps({"ok": report.ok, "problems": report.problems, **report.facts}))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("search")
+def search_cmd(
+    index: IndexOpt,
+    model: ModelOpt,
+    text: Annotated[str | None, typer.Option(help="a text query")] = None,
+    image: Annotated[Path | None, typer.Option(help="an image file (DICOM, PNG, ...)")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=1000)] = 10,
+    modality: Annotated[list[str] | None, typer.Option(help="filter (repeatable)")] = None,
+) -> None:
+    """Nearest neighbours of a text or an image, without the server (JSON lines)."""
+    from indexer.cli.embed import _open_image
+    from indexer.encoders.encoder import Encoder
+    from indexer.pipeline.runner import open_catalog
+    from indexer.settings import EncoderSettings
+    from indexer.store.filters import Filters
+    from indexer.store.searcher import Searcher
+
+    if (text is None) == (image is None):
+        raise typer.BadParameter("give exactly one of --text or --image")
+    catalog = open_catalog(index)
+    try:
+        searcher = Searcher(index, catalog)
+        encoder = Encoder.load(model, EncoderSettings())
+        searcher.check_model(encoder.fingerprint)
+        if text is not None:
+            vector = encoder.embed_texts([text])[0]
+        else:
+            assert image is not None
+            vector = encoder.embed_images([_open_image(image)], searcher.binding.recipe)[0]
+        hits = searcher.search(vector, k, filters=Filters(modality=modality or None))
+        for hit in hits:
+            row = hit.item
+            typer.echo(
+                json.dumps(
+                    {
+                        "id": hit.id,
+                        "score": round(hit.score, 6),
+                        "source_uri": row.source_uri,
+                        "sop_instance_uid": row.sop_instance_uid,
+                        "frame": row.frame,
+                        "modality": row.modality,
+                    }
+                )
+            )
+    finally:
+        catalog.close()

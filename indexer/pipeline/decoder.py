@@ -1,0 +1,32 @@
+"""Decoder stage: source items through the guarded decoder pool (time and memory budget)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from indexer.imaging.guard import DecodeJob, DecoderPool
+from indexer.imaging.types import DecodeResult, FileInfo, Reason
+from indexer.pipeline.reader import ReadItem
+
+
+def job_for(read: ReadItem, max_bytes: int) -> DecodeJob | DecodeResult:
+    """A file on disk goes by path; an archive member by its bytes (size-capped)."""
+    item = read.item
+    if item.local_path is not None:
+        return DecodeJob(path=item.local_path)
+    if item.size is not None and item.size > max_bytes:
+        return DecodeResult(file=FileInfo("", item.size), reason=Reason.TOO_LARGE)
+    with item.open() as fp:
+        data = fp.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return DecodeResult(file=FileInfo("", len(data)), reason=Reason.TOO_LARGE)
+    return DecodeJob(data=data)
+
+
+def decode_batch(
+    pool: DecoderPool, batch: Sequence[ReadItem], max_bytes: int
+) -> list[DecodeResult]:
+    jobs = [job_for(read, max_bytes) for read in batch]
+    todo = [job for job in jobs if isinstance(job, DecodeJob)]
+    decoded = iter(pool.map(todo))
+    return [next(decoded) if isinstance(job, DecodeJob) else job for job in jobs]

@@ -1,0 +1,76 @@
+"""A progress bar on stderr with rate and ETA (rich), and the item count it needs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichProgress
+
+from indexer.sources import open_source
+
+
+def count_items(specs: Sequence[str], *, budget_s: float = 30.0) -> int | None:
+    """How many items the sources hold, if that is cheap to know (no tar, within budget)."""
+    deadline = time.monotonic() + budget_s
+    total = 0
+    for spec in specs:
+        if any(spec.lower().endswith(s) for s in (".tar", ".gz", ".tgz", ".bz2", ".xz", ".txz")):
+            return None
+        source = open_source(spec)
+        try:
+            for _ in source:
+                total += 1
+                if time.monotonic() > deadline:
+                    return None
+        finally:
+            source.close()
+    return total
+
+
+class Progress:
+    def __init__(self, total: int | None, *, enabled: bool = True) -> None:
+        self._enabled = enabled
+        self._bar = RichProgress(
+            TextColumn("indexing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]} files/s"),
+            TextColumn("indexed {task.fields[indexed]} failed {task.fields[failed]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
+        )
+        self._task = self._bar.add_task("index", total=total, rate="-", indexed=0, failed=0)
+        self._start = time.perf_counter()
+        self._done = 0
+
+    def __enter__(self) -> Progress:
+        self._bar.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._bar.stop()
+
+    def advance(self, n: int, *, indexed: int, failed: int) -> None:
+        self._done += n
+        rate = self._done / max(time.perf_counter() - self._start, 1e-9)
+        self._bar.update(self._task, advance=n, rate=f"{rate:.1f}", indexed=indexed, failed=failed)

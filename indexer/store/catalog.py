@@ -1,0 +1,312 @@
+"""The catalog: the source of truth for what is indexed (see :mod:`indexer.store.models`).
+
+Items and their embeddings are committed together, one transaction per batch, with the
+failures of that batch, so a crash loses at most the batch in flight and never leaves an
+item without its embedding. The FAISS index is derived from the active rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import logging
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from indexer.errors import CatalogError, ModelMismatchError
+from indexer.store import db
+from indexer.store.filters import Filters, filter_query
+from indexer.store.models import CatalogInfo, Failure, Item, Run, utcnow
+
+logger = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.sqlite3"
+
+
+@dataclass(frozen=True)
+class ModelBinding:
+    """What a catalog's embeddings are: model, dimension, recipe, rendering policy."""
+
+    model_fingerprint: str
+    embedding_dim: int
+    recipe: str
+    render_policy: str
+
+
+@dataclass
+class NewItem:
+    identity: str
+    source_uri: str
+    embedding: npt.NDArray[np.float32]
+    fields: dict[str, Any] = field(default_factory=dict)  # ImageMetadata + file facts + labels
+
+
+@dataclass
+class NewFailure:
+    source_uri: str
+    reason: str
+    detail: str = ""
+    sha256: str = ""
+
+
+def catalog_url(index_dir: Path) -> str:
+    return db.sqlite_url(index_dir / CATALOG_FILE)
+
+
+class Catalog:
+    """Open with :meth:`open`; bind a model once with :meth:`bind_model`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._session = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, *, upgrade: bool = True) -> Catalog:
+        engine = db.make_engine(url)
+        if upgrade:
+            db.upgrade(engine)
+        elif db.current_revision(engine) != db.head_revision():
+            raise CatalogError("catalog schema is not current: run `medsearch db upgrade`")
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return self._session()
+
+    # -- the model this catalog holds embeddings of
+    def binding(self) -> ModelBinding | None:
+        with self.session() as s:
+            info = s.scalars(select(CatalogInfo).limit(1)).first()
+            if info is None:
+                return None
+            return ModelBinding(
+                info.model_fingerprint, info.embedding_dim, info.recipe, info.render_policy
+            )
+
+    def bind_model(self, binding: ModelBinding) -> None:
+        """Record the model on first use; refuse a different one afterwards."""
+        current = self.binding()
+        if current is None:
+            with self.session() as s, s.begin():
+                s.add(CatalogInfo(**binding.__dict__))
+            return
+        if current != binding:
+            raise ModelMismatchError(
+                "this index holds embeddings of model "
+                f"{current.model_fingerprint[:16]} (recipe {current.recipe}, rendering "
+                f"{current.render_policy}, dim {current.embedding_dim}); the given model is "
+                f"{binding.model_fingerprint[:16]} (recipe {binding.recipe}, rendering "
+                f"{binding.render_policy}, dim {binding.embedding_dim}). Use the same model, "
+                "or build a new index in another directory."
+            )
+
+    # -- runs
+    def start_run(self, command: str, sources: Sequence[str]) -> int:
+        with self.session() as s, s.begin():
+            run = Run(
+                command=command,
+                sources=list(sources),
+                user=_user(),
+                host=socket.gethostname()[:128],
+            )
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def finish_run(self, run_id: int, counts: dict[str, Any], status: str = "done") -> None:
+        with self.session() as s, s.begin():
+            s.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .values(finished_at=utcnow(), counts=counts, status=status)
+            )
+
+    # -- writing
+    def seen_sources(self, uris: Sequence[str]) -> set[str]:
+        """Which of ``uris`` are already in the catalog (indexed or failed)."""
+        seen: set[str] = set()
+        with self.session() as s:
+            for start in range(0, len(uris), 500):
+                chunk = list(uris[start : start + 500])
+                seen.update(s.scalars(select(Item.source_uri).where(Item.source_uri.in_(chunk))))
+                seen.update(
+                    s.scalars(select(Failure.source_uri).where(Failure.source_uri.in_(chunk)))
+                )
+        return seen
+
+    def add_batch(
+        self, run_id: int | None, items: Sequence[NewItem], failures: Sequence[NewFailure]
+    ) -> list[int]:
+        """Insert a batch in one transaction; items whose identity exists are skipped."""
+        binding = self.binding()
+        if binding is None:
+            raise CatalogError("no model bound to this catalog")
+        with self.session() as s, s.begin():
+            identities = [item.identity for item in items]
+            existing = set(
+                s.scalars(
+                    select(Item.identity).where(
+                        Item.identity.in_(identities),
+                        Item.model_fingerprint == binding.model_fingerprint,
+                        Item.recipe == binding.recipe,
+                    )
+                )
+            )
+            rows = []
+            duplicates = []
+            for item in items:
+                if item.identity in existing:
+                    # recorded, so that a rerun does not decode the file again
+                    duplicates.append(NewFailure(item.source_uri, "duplicate", item.identity))
+                    continue
+                existing.add(item.identity)
+                vector = np.ascontiguousarray(item.embedding, dtype="<f4")
+                if vector.shape != (binding.embedding_dim,):
+                    raise ModelMismatchError(f"embedding of dimension {vector.shape}")
+                rows.append(
+                    Item(
+                        identity=item.identity,
+                        source_uri=item.source_uri,
+                        embedding=vector.tobytes(),
+                        model_fingerprint=binding.model_fingerprint,
+                        recipe=binding.recipe,
+                        render_policy=binding.render_policy,
+                        run_id=run_id,
+                        **item.fields,
+                    )
+                )
+            s.add_all(rows)
+            s.add_all(
+                Failure(
+                    source_uri=f.source_uri,
+                    reason=f.reason,
+                    detail=f.detail[:300],
+                    sha256=f.sha256,
+                    run_id=run_id,
+                )
+                for f in [*failures, *duplicates]
+            )
+            s.flush()
+            return [row.id for row in rows]
+
+    def remove(self, *, uids: Sequence[str] = (), source_prefix: str | None = None) -> int:
+        """Tombstone items by SOP/Series/Study Instance UID or source URI prefix."""
+        if not uids and not source_prefix:
+            raise CatalogError("give UIDs or a source prefix to remove")
+        query = update(Item).where(Item.status == "active")
+        if uids:
+            wanted = list(uids)
+            query = query.where(
+                Item.sop_instance_uid.in_(wanted)
+                | Item.series_instance_uid.in_(wanted)
+                | Item.study_instance_uid.in_(wanted)
+            )
+        if source_prefix:
+            query = query.where(Item.source_uri.startswith(source_prefix, autoescape=True))
+        with self.session() as s, s.begin():
+            result = s.execute(query.values(status="removed", updated_at=utcnow()))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    # -- reading
+    def high_water(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.max(Item.id))) or 0)
+
+    def count(self, status: str = "active") -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count(Item.id)).where(Item.status == status)) or 0)
+
+    def vectors(
+        self, *, after_id: int = 0, upto_id: int | None = None, batch: int = 20_000
+    ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+        """Active (id, embedding) pairs in id order, in chunks."""
+        last = after_id
+        while True:
+            query = select(Item.id, Item.embedding).where(Item.status == "active", Item.id > last)
+            if upto_id is not None:
+                query = query.where(Item.id <= upto_id)
+            with self.session() as s:
+                rows = s.execute(query.order_by(Item.id).limit(batch)).all()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype(np.float32)
+            yield ids, vecs
+            last = int(ids[-1])
+
+    def removed_ids(self, *, since: dt.datetime | None = None) -> npt.NDArray[np.int64]:
+        query = select(Item.id).where(Item.status == "removed")
+        if since is not None:
+            query = query.where(Item.updated_at >= since)
+        with self.session() as s:
+            return np.fromiter(s.scalars(query), dtype=np.int64)
+
+    def embeddings(self, ids: Iterable[int]) -> dict[int, npt.NDArray[np.float32]]:
+        wanted = list(ids)
+        with self.session() as s:
+            rows = s.execute(select(Item.id, Item.embedding).where(Item.id.in_(wanted))).all()
+        return {int(r[0]): np.frombuffer(r[1], dtype="<f4").astype(np.float32) for r in rows}
+
+    def items(self, ids: Iterable[int]) -> dict[int, Item]:
+        wanted = list(ids)
+        with self.session() as s:
+            rows = s.scalars(select(Item).where(Item.id.in_(wanted))).all()
+        return {row.id: row for row in rows}
+
+    def filter_ids(self, filters: Filters) -> npt.NDArray[np.int64]:
+        with self.session() as s:
+            return np.fromiter(s.scalars(filter_query(filters)), dtype=np.int64)
+
+    def ids_by_uid(self, uid: str) -> list[int]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(Item.id).where(
+                        Item.status == "active",
+                        (Item.sop_instance_uid == uid)
+                        | (Item.series_instance_uid == uid)
+                        | (Item.study_instance_uid == uid),
+                    )
+                )
+            )
+
+    def stats(self) -> dict[str, Any]:
+        with self.session() as s:
+            by_status = dict(
+                s.execute(select(Item.status, func.count()).group_by(Item.status)).all()
+            )
+            by_modality = dict(
+                s.execute(
+                    select(Item.modality, func.count())
+                    .where(Item.status == "active")
+                    .group_by(Item.modality)
+                ).all()
+            )
+            failures = dict(
+                s.execute(select(Failure.reason, func.count()).group_by(Failure.reason)).all()
+            )
+            runs = int(s.scalar(select(func.count(Run.id))) or 0)
+        return {
+            "items": {str(k): int(v) for k, v in by_status.items()},
+            "modalities": {str(k): int(v) for k, v in by_modality.items()},
+            "failures": {str(k): int(v) for k, v in failures.items()},
+            "runs": runs,
+            "high_water": self.high_water(),
+        }
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()[:64]
+    except (KeyError, OSError):
+        return ""

@@ -1,0 +1,67 @@
+"""Metadata filters of a search, turned into catalog row ids for a FAISS id selector."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Select, select
+
+from indexer.store.models import Item
+
+MAX_VALUES = 100  # values per filter field
+
+
+class Filters(BaseModel):
+    """All given fields must match (AND); a list matches any of its values (OR)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modality: list[str] | None = Field(default=None, max_length=MAX_VALUES)
+    body_part_examined: list[str] | None = Field(default=None, max_length=MAX_VALUES)
+    view_position: list[str] | None = Field(default=None, max_length=MAX_VALUES)
+    laterality: list[str] | None = Field(default=None, max_length=MAX_VALUES)
+    study_date_from: dt.date | None = None
+    study_date_to: dt.date | None = None
+    study_instance_uid: list[str] | None = Field(default=None, max_length=MAX_VALUES)
+    series_instance_uid: list[str] | None = Field(default=None, max_length=MAX_VALUES)
+    source_prefix: str | None = Field(default=None, max_length=1000)
+    labels: dict[str, str] | None = Field(default=None, max_length=20)  # sidecar CSV columns
+    exclude_study_instance_uid: list[str] | None = Field(default=None, max_length=MAX_VALUES)
+    exclude_patient_key: list[str] | None = Field(default=None, max_length=MAX_VALUES)
+
+    def is_empty(self) -> bool:
+        return not any(v is not None for v in self.model_dump().values())
+
+
+def filter_query(filters: Filters) -> Select[Any]:
+    """``SELECT id FROM items WHERE status = 'active' AND <filters>``."""
+    query = select(Item.id).where(Item.status == "active")
+    for name in ("modality", "body_part_examined", "view_position", "laterality"):
+        values = getattr(filters, name)
+        if values:
+            query = query.where(getattr(Item, name).in_(values))
+    if filters.study_instance_uid:
+        query = query.where(Item.study_instance_uid.in_(filters.study_instance_uid))
+    if filters.series_instance_uid:
+        query = query.where(Item.series_instance_uid.in_(filters.series_instance_uid))
+    if filters.study_date_from:
+        query = query.where(Item.study_date >= filters.study_date_from)
+    if filters.study_date_to:
+        query = query.where(Item.study_date <= filters.study_date_to)
+    if filters.source_prefix:
+        prefix = filters.source_prefix
+        query = query.where(Item.source_uri.startswith(prefix, autoescape=True))
+    if filters.labels:
+        for column, value in filters.labels.items():
+            query = query.where(Item.labels[column].as_string() == value)
+    if filters.exclude_study_instance_uid:
+        excluded = filters.exclude_study_instance_uid
+        query = query.where(
+            (Item.study_instance_uid.is_(None)) | (Item.study_instance_uid.not_in(excluded))
+        )
+    if filters.exclude_patient_key:
+        excluded = filters.exclude_patient_key
+        query = query.where((Item.patient_key.is_(None)) | (Item.patient_key.not_in(excluded)))
+    return query.order_by(Item.id)

@@ -1,0 +1,96 @@
+"""Nearest neighbours of a query vector: the published index, filters, catalog rows.
+
+Used by ``medsearch index search`` and by the query service. Filters are resolved to
+catalog ids and applied inside the FAISS search with an id selector. Results are ordered
+by score, then id. :meth:`Searcher.reload_if_changed` switches to a newly published
+version; a search in flight keeps the index object it started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from indexer.errors import CatalogError, ModelMismatchError
+from indexer.store.catalog import Catalog, ModelBinding
+from indexer.store.filters import Filters
+from indexer.store.index_files import LoadedIndex
+from indexer.store.models import Item
+from indexer.store.sync import index_store
+from indexer.store.vector_index import search
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Hit:
+    id: int
+    score: float
+    item: Item
+
+
+class Searcher:
+    def __init__(self, index_dir: Path, catalog: Catalog) -> None:
+        self.index_dir = index_dir
+        self.catalog = catalog
+        self._store = index_store(index_dir)
+        self._lock = threading.Lock()
+        self._loaded: LoadedIndex = self._store.load()
+        binding = catalog.binding()
+        if binding is None:
+            raise CatalogError("the catalog has no model bound: build the index first")
+        self.binding: ModelBinding = binding
+
+    @property
+    def loaded(self) -> LoadedIndex:
+        return self._loaded
+
+    def check_model(self, fingerprint: str) -> None:
+        if fingerprint != self.binding.model_fingerprint:
+            raise ModelMismatchError(
+                f"the index was built with model {self.binding.model_fingerprint[:16]}, "
+                f"not {fingerprint[:16]}"
+            )
+
+    def reload_if_changed(self) -> bool:
+        current = self._store.current()
+        if current is None or current.version == self._loaded.manifest.version:
+            return False
+        with self._lock:
+            loaded = self._store.load()
+            self._loaded = loaded  # one reference swap: searches in flight keep the old one
+        logger.info("switched to index version %s", loaded.manifest.version)
+        return True
+
+    def search(
+        self,
+        vector: npt.NDArray[np.float32],
+        k: int,
+        *,
+        filters: Filters | None = None,
+        nprobe: int | None = None,
+        exclude_ids: set[int] | None = None,
+    ) -> list[Hit]:
+        loaded = self._loaded
+        allowed = None
+        if filters is not None and not filters.is_empty():
+            allowed = self.catalog.filter_ids(filters)
+            if allowed.size == 0:
+                return []
+        extra = len(exclude_ids) if exclude_ids else 0
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        scores, ids = search(loaded.index, query, k + extra, nprobe=nprobe, allowed_ids=allowed)
+        pairs = [
+            (float(s), int(i))
+            for s, i in zip(scores[0], ids[0], strict=True)
+            if i >= 0 and not (exclude_ids and int(i) in exclude_ids)
+        ]
+        pairs.sort(key=lambda p: (-p[0], p[1]))
+        pairs = pairs[:k]
+        rows = self.catalog.items(i for _, i in pairs)
+        return [Hit(i, s, rows[i]) for s, i in pairs if i in rows and rows[i].status == "active"]
