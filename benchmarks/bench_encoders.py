@@ -289,7 +289,7 @@ def load_images() -> list[tuple[str, Image.Image]]:
             if path is None:
                 continue
             images.append((name, _render(dcmread(path).pixel_array)))
-        except Exception as exc:  # a missing decoder or data package: use the others
+        except Exception as exc:  # noqa: BLE001 - a missing decoder or data package: use the others
             print(f"skipping {name}: {exc}", file=sys.stderr)
     images.append(("synthetic_rgb", synthetic_rgb()))
     base = list(images)

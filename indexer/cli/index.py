@@ -135,7 +135,13 @@ def remove(
 
 
 @app.command()
-def rebuild(index: IndexOpt) -> None:
+def rebuild(
+    index: IndexOpt,
+    compress: Annotated[
+        str | None,
+        typer.Option(help="none, sq8 or pq (IVF codes + exact re-ranking); default: keep"),
+    ] = None,
+) -> None:
     """Rebuild and publish the vector index from the catalog alone (no model needed)."""
     from indexer.pipeline.runner import open_catalog
     from indexer.store.sync import sync_index
@@ -145,7 +151,15 @@ def rebuild(index: IndexOpt) -> None:
         binding = catalog.binding()
         if binding is None:
             raise MedsearchError("this index has no catalog rows to rebuild from")
-        manifest = sync_index(catalog, index, binding, rebuild=True)
+        if compress not in (None, "none", "sq8", "pq"):
+            raise typer.BadParameter("--compress must be none, sq8 or pq")
+        manifest = sync_index(
+            catalog,
+            index,
+            binding,
+            rebuild=True,
+            compress=None if compress is None else compress,  # type: ignore[arg-type]
+        )
     finally:
         catalog.close()
     typer.echo(f"rebuilt index {manifest['version']}: {manifest['count']} vectors")

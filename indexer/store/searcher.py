@@ -22,7 +22,7 @@ from indexer.store.filters import Filters
 from indexer.store.index_files import LoadedIndex
 from indexer.store.models import Item
 from indexer.store.sync import index_store
-from indexer.store.vector_index import search
+from indexer.store.vector_index import rerank, search
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ class Searcher:
         logger.info("switched to index version %s", loaded.manifest.version)
         return True
 
+    def _vectors(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        found = self.catalog.embeddings(int(i) for i in ids)
+        return np.stack([found[int(i)] for i in ids])
+
     def search(
         self,
         vector: npt.NDArray[np.float32],
@@ -84,10 +88,15 @@ class Searcher:
                 return []
         extra = len(exclude_ids) if exclude_ids else 0
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        scores, ids = search(loaded.index, query, k + extra, nprobe=nprobe, allowed_ids=allowed)
+        facts = loaded.manifest.facts
+        fetch = (k + extra) * (facts.rerank_factor if facts.needs_rerank else 1)
+        scores, ids = search(loaded.index, query, fetch, nprobe=nprobe, allowed_ids=allowed)
+        found_scores, found_ids = scores[0], ids[0]
+        if facts.needs_rerank:  # compressed codes: exact scores from the catalog's vectors
+            found_scores, found_ids = rerank(query[0], found_ids, self._vectors, fetch)
         pairs = [
             (float(s), int(i))
-            for s, i in zip(scores[0], ids[0], strict=True)
+            for s, i in zip(found_scores, found_ids, strict=True)
             if i >= 0 and not (exclude_ids and int(i) in exclude_ids)
         ]
         pairs.sort(key=lambda p: (-p[0], p[1]))

@@ -18,7 +18,7 @@ import numpy as np
 from indexer.errors import ModelMismatchError
 from indexer.store.catalog import Catalog, ModelBinding
 from indexer.store.index_files import IndexManifest, IndexStore
-from indexer.store.index_params import choose_kind, needs_retrain
+from indexer.store.index_params import Compression, choose_kind, needs_retrain
 from indexer.store.vector_index import BuiltIndex, add, build_index, remove
 
 logger = logging.getLogger(__name__)
@@ -52,10 +52,12 @@ def _extra(binding: ModelBinding, high_water: int, count: int) -> dict[str, Any]
     }
 
 
-def full_build(catalog: Catalog, store: IndexStore, binding: ModelBinding) -> IndexManifest:
+def full_build(
+    catalog: Catalog, store: IndexStore, binding: ModelBinding, compress: Compression = "none"
+) -> IndexManifest:
     high_water = catalog.high_water()
     ids, vectors = _all_vectors(catalog, high_water)
-    built = build_index(ids, vectors)
+    built = build_index(ids, vectors, compress=compress)
     logger.info("built %s index of %d vectors", built.facts.kind, len(ids))
     return store.publish(built, _extra(binding, high_water, len(ids)))
 
@@ -63,19 +65,33 @@ def full_build(catalog: Catalog, store: IndexStore, binding: ModelBinding) -> In
 def _needs_full_build(manifest: IndexManifest, binding: ModelBinding, n_active: int) -> str:
     if manifest.model_fingerprint != binding.model_fingerprint:
         return "model changed"
-    if choose_kind(n_active) != manifest.facts.kind:
-        return f"size {n_active} calls for a {choose_kind(n_active)} index"
+    kind = choose_kind(n_active, compress=manifest.facts.compress)
+    if kind != manifest.facts.kind:
+        return f"size {n_active} calls for a {kind} index"
     if manifest.facts.kind != "flat" and needs_retrain(n_active, manifest.facts.trained_on):
         return "grown past the trained size"
     return ""
 
 
 def sync_index(
-    catalog: Catalog, index_dir: Path, binding: ModelBinding, *, rebuild: bool = False
+    catalog: Catalog,
+    index_dir: Path,
+    binding: ModelBinding,
+    *,
+    rebuild: bool = False,
+    compress: Compression | None = None,
 ) -> dict[str, Any]:
-    """Publish a version of the index that matches the catalog; returns the manifest."""
+    """Publish a version of the index that matches the catalog; returns the manifest.
+
+    ``compress`` (``none``, ``sq8``, ``pq``) applies to full builds; ``None`` keeps the
+    published index's choice. Compressed indexes are re-ranked exactly at search time.
+    """
     store = index_store(index_dir)
     manifest = store.current()
+    if compress is None:
+        compress = manifest.facts.compress if manifest is not None else "none"
+    elif manifest is not None and compress != manifest.facts.compress:
+        rebuild = True
     n_active = catalog.count()
     why = "rebuild asked for" if rebuild else "first build" if manifest is None else ""
     if manifest is not None and not why:
@@ -84,7 +100,7 @@ def sync_index(
         why = _needs_full_build(manifest, binding, n_active)
     if why:
         logger.info("full index build: %s", why)
-        return full_build(catalog, store, binding).model_dump(mode="json")
+        return full_build(catalog, store, binding, compress).model_dump(mode="json")
     assert manifest is not None
     loaded = store.load()
     high_water = catalog.high_water()

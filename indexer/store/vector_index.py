@@ -49,6 +49,9 @@ RECALL_K = 10
 #: Largest accepted deviation of a vector's L2 norm from 1.
 NORM_TOLERANCE = 1e-3
 ADD_CHUNK = 65_536
+#: Candidates fetched per result before exact re-ranking, by kind: SQ8 codes lose little
+#: (1 byte per dimension), 8-bit PQ codes (1 bit per dimension) much more.
+RERANK_FACTOR: dict[IndexKind, int] = {"flat": 1, "ivf_flat": 1, "ivf_sq8": 2, "ivf_pq": 8}
 
 
 class BuildFacts(BaseModel):
@@ -140,7 +143,7 @@ def build_index(
     sample_queries: int = 1000,
     exact_below: int = params.EXACT_BELOW,
     compress: Compression = "none",
-    rerank_factor: int = 4,
+    rerank_factor: int | None = None,
     points_per_list: int = params.DEFAULT_POINTS_PER_LIST,
 ) -> BuiltIndex:
     """Build an index of ``vectors`` (float32, L2-normalised rows) under catalog ``ids``.
@@ -154,7 +157,8 @@ def build_index(
     x = _check_vectors(vectors, None, "vectors")
     n, dim = x.shape
     id_arr = _check_ids(ids, n)
-    if not 0.0 < target_recall <= 1.0 or rerank_factor < 1 or sample_queries < 1:
+    bad_factor = rerank_factor is not None and rerank_factor < 1
+    if not 0.0 < target_recall <= 1.0 or bad_factor or sample_queries < 1:
         raise ValueError("need 0 < target_recall <= 1, rerank_factor >= 1, sample_queries >= 1")
     chosen: IndexKind = (
         params.choose_kind(n, exact_below=exact_below, compress=compress)
@@ -189,7 +193,7 @@ def build_index(
         ivf.train(x[train_rows] if n_train < n else x)
         for lo in range(0, n, ADD_CHUNK):
             ivf.add_with_ids(x[lo : lo + ADD_CHUNK], id_arr[lo : lo + ADD_CHUNK])
-        factor = rerank_factor if chosen != "ivf_flat" else 1
+        factor = 1 if chosen == "ivf_flat" else rerank_factor or RERANK_FACTOR[chosen]
         nprobe, recall, used = _tune_nprobe(
             ivf, id_arr, x, target_recall, rng, sample_queries, factor
         )

@@ -1,0 +1,104 @@
+"""The FastAPI application: lifespan, middleware, routes, errors, OpenAPI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+
+from service import errors
+from service.config import ServiceSettings
+from service.deps import require_key
+from service.metrics import Metrics
+from service.middleware import BodyLimit, RequestMetrics
+from service.routes import azure, classify, health, items, search
+from service.runtime import Runtime
+from service.schemas import ErrorBody, ImageSearchRequest
+
+logger = logging.getLogger(__name__)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
+}
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    """An app for ``settings``; the model and index load in the lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings)
+        app.state.runtime = runtime
+        app.state.metrics = runtime.metrics
+        runtime.start()
+        logger.info(
+            "serving index %s (%d items) with model %s",
+            runtime.searcher.loaded.manifest.version,
+            runtime.searcher.loaded.index.ntotal,
+            runtime.encoder.fingerprint[:16],
+        )
+        try:
+            yield
+        finally:
+            app.state.runtime = None
+            await runtime.stop()
+
+    app = FastAPI(
+        title="medsearch",
+        version="0.1.0",
+        summary="Similarity search for medical images (MedImageInsight, FAISS)",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.api_keys = settings.key_values()
+    app.state.runtime = None
+    metrics_holder = Metrics()  # replaced by the runtime's in the lifespan
+    app.state.metrics = metrics_holder
+    errors.install(app)
+    auth = [Depends(require_key)]
+    for module in (search, items, azure, classify, health):
+        app.include_router(module.router, dependencies=auth)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(_MetricsProxy)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+class _MetricsProxy:
+    """Request metrics into whatever registry the app holds now (the runtime's)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        state = scope.get("app").state if scope.get("app") is not None else None
+        metrics = getattr(state, "metrics", None) if state is not None else None
+        if metrics is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await RequestMetrics(self.app, metrics)(scope, receive, send)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    image_schema = ImageSearchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, definition in image_schema.pop("$defs", {}).items():
+        components.setdefault(name, definition)
+    components["ImageSearchRequest"] = image_schema
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,49 @@
+"""``medsearch serve``, added to the indexer's command line (indexer never imports service)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from indexer.cli.app import app as cli_app
+from indexer.cli.app import main as cli_main
+
+
+def serve(
+    index: Annotated[Path, typer.Option("--index", envvar="MEDSEARCH_INDEX_DIR")],
+    model: Annotated[Path, typer.Option("--model", envvar="MEDSEARCH_MODEL_DIR")],
+    host: Annotated[str, typer.Option(envvar="MEDSEARCH_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="MEDSEARCH_PORT")] = 8000,
+    allow_unauthenticated: Annotated[
+        bool, typer.Option(help="bind beyond loopback without API keys (trusted networks)")
+    ] = False,
+) -> None:
+    """Serve search over --index with --model (settings: MEDSEARCH_* variables)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.app import create_app
+    from service.config import ServiceSettings
+
+    overrides: dict[str, object] = {
+        "index_dir": index,
+        "model_dir": model,
+        "host": host,
+        "port": port,
+    }
+    if allow_unauthenticated:  # otherwise MEDSEARCH_ALLOW_UNAUTHENTICATED decides
+        overrides["allow_unauthenticated"] = True
+    try:
+        settings = ServiceSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        typer.echo(f"error: {exc.errors()[0]['msg']}", err=True)
+        sys.exit(2)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def main() -> None:
+    cli_app.command("serve")(serve)
+    cli_main()

@@ -1,0 +1,71 @@
+"""Service settings: one pydantic-settings class (``MEDSEARCH_*``), built once at start-up.
+
+Unsafe combinations are refused when it is built: binding to a non-loopback address
+without API keys needs ``MEDSEARCH_ALLOW_UNAUTHENTICATED=true``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDSEARCH_", extra="ignore")
+
+    index_dir: Path = Field(description="index directory built by `medsearch index build`")
+    model_dir: Path = Field(description="exported model directory (the index's model)")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="bearer keys; when set, every route needs one"
+    )
+    allow_unauthenticated: bool = Field(
+        default=False, description="allow a non-loopback bind without API keys"
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="e.g. the viewer's origin")
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(default=0, ge=0)
+    # limits
+    max_body_bytes: int = Field(default=32 << 20, ge=1024)
+    max_multipart_parts: int = Field(default=8, ge=1)
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    max_text_chars: int = Field(default=2000, ge=1)
+    max_k: int = Field(default=1000, ge=1)
+    max_labels: int = Field(default=100, ge=1)
+    max_texts: int = Field(default=64, ge=1, description="rows of one Azure /score request")
+    # serving
+    batch_window_ms: float = Field(default=3.0, ge=0, description="micro-batching window")
+    max_batch: int = Field(default=16, ge=1)
+    queue_size: int = Field(default=128, ge=1, description="queued requests before 503")
+    workers: int = Field(default=2, ge=1, description="threads for decoding and search")
+    text_cache_size: int = Field(default=4096, ge=0)
+    thumbnail_cache_size: int = Field(default=512, ge=0)
+    index_poll_s: float = Field(default=2.0, gt=0, description="check for new index versions")
+
+    @model_validator(mode="after")
+    def _refuse_open_bind(self) -> ServiceSettings:
+        if not self.api_keys and not is_loopback(self.host) and not self.allow_unauthenticated:
+            raise ValueError(
+                f"binding to {self.host} without API keys: set MEDSEARCH_API_KEYS, or "
+                "MEDSEARCH_ALLOW_UNAUTHENTICATED=true if the network is trusted"
+            )
+        if any(len(k.get_secret_value()) < 16 for k in self.api_keys):
+            raise ValueError("API keys must be at least 16 characters")
+        return self
+
+    def key_values(self) -> list[str]:
+        return [k.get_secret_value() for k in self.api_keys]

@@ -1,0 +1,41 @@
+"""Dependencies: the runtime from ``app.state``, and bearer-key authentication."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.errors import ServiceError
+from service.runtime import Runtime
+
+_bearer = HTTPBearer(auto_error=False, description="an API key from MEDSEARCH_API_KEYS")
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise ServiceError(503, "not ready", "the model or the index is not loaded")
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def require_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    keys: list[str] = request.app.state.api_keys
+    if not keys:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not any(secrets.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise ServiceError(
+            401,
+            "unauthorized",
+            "a valid API key is required (Authorization: Bearer <key>)",
+            {"WWW-Authenticate": 'Bearer realm="medsearch"'},
+        )

@@ -1,0 +1,54 @@
+"""Search hits to response models: metadata, thumbnail URL, grouping."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from indexer.store.models import Item as ItemRow
+from indexer.store.searcher import Hit as SearchHit
+from service.schemas import GroupBy, Hit, Item, ItemMetadata
+
+
+def item_model(row: ItemRow) -> Item:
+    return Item(
+        id=row.id,
+        source_uri=row.source_uri,
+        study_instance_uid=row.study_instance_uid,
+        series_instance_uid=row.series_instance_uid,
+        sop_instance_uid=row.sop_instance_uid,
+        frame=row.frame,
+        metadata=ItemMetadata(
+            format=row.format,
+            width=row.width,
+            height=row.height,
+            modality=row.modality,
+            body_part_examined=row.body_part_examined,
+            view_position=row.view_position,
+            laterality=row.laterality,
+            study_date=row.study_date,
+            series_description=row.series_description,
+            manufacturer=row.manufacturer,
+            photometric_interpretation=row.photometric_interpretation,
+            number_of_frames=row.number_of_frames,
+            burned_in_annotation=row.burned_in_annotation,
+            labels=row.labels,
+        ),
+        thumbnail_url=f"/v1/items/{row.id}/thumbnail",
+    )
+
+
+def hits_model(hits: Sequence[SearchHit], k: int, group_by: GroupBy | None) -> list[Hit]:
+    """Hits ordered by score then id; with ``group_by``, the best hit of each group."""
+    ordered = sorted(hits, key=lambda h: (-h.score, h.id))
+    if group_by is not None:
+        seen: set[str] = set()
+        kept = []
+        for hit in ordered:
+            uid = (
+                hit.item.study_instance_uid if group_by == "study" else hit.item.series_instance_uid
+            ) or f"item:{hit.id}"
+            if uid not in seen:
+                seen.add(uid)
+                kept.append(hit)
+        ordered = kept
+    return [Hit(score=round(h.score, 6), **item_model(h.item).model_dump()) for h in ordered[:k]]

@@ -1,0 +1,36 @@
+"""Zero-shot labels: ``softmax(exp(logit_scale) * cosine)`` (sigmoid per label if multilabel)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from fastapi import APIRouter
+
+from service.deps import RuntimeDep
+from service.runtime import b64decode
+from service.schemas import ClassifyRequest, ClassifyResponse, LabelScore
+
+router = APIRouter(prefix="/v1", tags=["classify"])
+
+
+@router.post("/classify", response_model=ClassifyResponse)
+async def classify(body: ClassifyRequest, rt: RuntimeDep) -> ClassifyResponse:
+    """Probabilities of each label for an image (label embeddings are cached)."""
+    data = b64decode(body.image, rt.settings.max_body_bytes)
+    vector, _ = await rt.embed_image(data)
+    labels = np.stack(await rt.embed_texts(body.labels))
+    cosine = labels @ vector
+    logits = math.exp(rt.encoder.logit_scale) * cosine.astype(np.float64)
+    if body.multilabel:
+        probs = 1.0 / (1.0 + np.exp(-logits))
+    else:
+        shifted = np.exp(logits - logits.max())
+        probs = shifted / shifted.sum()
+    return ClassifyResponse(
+        results=[
+            LabelScore(label=label, probability=float(p), cosine=float(c))
+            for label, p, c in zip(body.labels, probs, cosine, strict=True)
+        ],
+        scaling_factor=rt.encoder.logit_scale,
+    )

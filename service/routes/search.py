@@ -1,0 +1,164 @@
+"""Search by text, by image (multipart or base64 JSON), and neighbours of an indexed item."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import numpy as np
+import numpy.typing as npt
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from indexer.store.filters import Filters
+from service.deps import RuntimeDep
+from service.errors import ServiceError
+from service.results import hits_model
+from service.runtime import Runtime, b64decode
+from service.schemas import (
+    GroupBy,
+    ImageSearchRequest,
+    SearchOptions,
+    SearchResponse,
+    TextSearchRequest,
+)
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+IMAGE_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ImageSearchRequest"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "options": {
+                            "type": "string",
+                            "description": "JSON of ImageSearchRequest fields except image",
+                        },
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+async def run_search(
+    rt: Runtime,
+    vector: npt.NDArray[np.float32],
+    options: SearchOptions,
+    *,
+    filters: Filters | None = None,
+    exclude_ids: set[int] | None = None,
+) -> SearchResponse:
+    if options.k > rt.settings.max_k:
+        raise ServiceError(422, "k too large", f"at most {rt.settings.max_k}")
+    started = time.perf_counter()
+    fetch = options.k * 5 if options.group_by else options.k
+    filters = filters or options.filters
+    hits = await rt.run(
+        lambda: rt.searcher.search(
+            vector, fetch, filters=filters, nprobe=options.nprobe, exclude_ids=exclude_ids
+        )
+    )
+    rt.metrics.search.observe(time.perf_counter() - started)
+    loaded = rt.searcher.loaded
+    return SearchResponse(
+        results=hits_model(hits, options.k, options.group_by),
+        index_version=loaded.manifest.version,
+        model_fingerprint=loaded.manifest.model_fingerprint,
+        took_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+
+
+@router.post("/search/text", response_model=SearchResponse)
+async def search_text(body: TextSearchRequest, rt: RuntimeDep) -> SearchResponse:
+    """Images nearest to a text, e.g. ``x-ray chest anteroposterior Atelectasis``."""
+    vector = await rt.embed_text(body.text)
+    return await run_search(rt, vector, body)
+
+
+async def _read_image_request(request: Request, rt: Runtime) -> tuple[bytes, ImageSearchRequest]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    limit = rt.settings.max_body_bytes
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(
+                max_files=1, max_fields=rt.settings.max_multipart_parts, max_part_size=limit
+            )
+        except Exception as exc:  # noqa: BLE001 - malformed or oversized multipart
+            message = str(getattr(exc, "detail", exc))
+            status = 413 if "Too many" in message or "exceeded" in message else 422
+            raise ServiceError(status, "invalid multipart body", message[:200]) from None
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ServiceError(422, "invalid multipart body", "a 'file' part is required")
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise ServiceError(413, "image too large", f"at most {limit} bytes")
+        raw = form.get("options") or "{}"
+        try:
+            fields = json.loads(raw if isinstance(raw, str) else "{}")
+            if not isinstance(fields, dict):
+                raise ValueError("options must be a JSON object")
+            options = ImageSearchRequest.model_validate({**fields, "image": "-"})
+        except (ValueError, ValidationError) as exc:
+            raise ServiceError(422, "invalid options", str(exc)[:300]) from None
+        return data, options
+    if ctype == "application/json":
+        try:
+            options = ImageSearchRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:20]]
+            raise ServiceError(422, "invalid request", errors) from None
+        return b64decode(options.image, limit), options
+    raise ServiceError(
+        415, "unsupported media type", "send multipart/form-data or application/json"
+    )
+
+
+@router.post("/search/image", response_model=SearchResponse, openapi_extra=IMAGE_BODY_DOC)
+async def search_image(request: Request, rt: RuntimeDep) -> SearchResponse:
+    """Images nearest to an uploaded PNG, JPEG or DICOM (rendered with the index's recipe)."""
+    data, options = await _read_image_request(request, rt)
+    if not data:
+        raise ServiceError(422, "empty image", "the uploaded file is empty")
+    vector, image = await rt.embed_image(data)
+    filters = options.filters or Filters()
+    meta = image.metadata
+    if options.exclude_same_study:
+        if not meta.study_instance_uid:
+            raise ServiceError(422, "no study", "the query has no Study Instance UID")
+        filters = filters.model_copy(
+            update={"exclude_study_instance_uid": [meta.study_instance_uid]}
+        )
+    if options.exclude_same_patient:
+        if not meta.patient_key:
+            raise ServiceError(
+                422, "no patient key", "the query has no patient ID, or no hash salt is set"
+            )
+        filters = filters.model_copy(update={"exclude_patient_key": [meta.patient_key]})
+    return await run_search(rt, vector, options, filters=filters)
+
+
+@router.get("/items/{item_id}/neighbors", response_model=SearchResponse)
+async def neighbors(
+    item_id: Annotated[int, Path(ge=1, le=2**62)],
+    rt: RuntimeDep,
+    k: Annotated[int, Query(ge=1, le=1000)] = 10,
+    group_by: GroupBy | None = None,
+) -> SearchResponse:
+    """Items most similar to an indexed item (its stored embedding; no re-embedding)."""
+    found = await rt.run(rt.catalog.embeddings, [item_id])
+    rows = await rt.run(rt.catalog.items, [item_id])
+    if item_id not in found or rows[item_id].status != "active":
+        raise ServiceError(404, "not found", f"no item {item_id}")
+    options = SearchOptions(k=k, group_by=group_by)
+    return await run_search(rt, found[item_id], options, exclude_ids={item_id})

@@ -1,0 +1,151 @@
+"""What the service holds while it runs (created in the lifespan, kept on ``app.state``)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from indexer.encoders.encoder import Encoder
+from indexer.errors import ImageRefused
+from indexer.imaging.guard import DecodeJob, DecoderPool
+from indexer.imaging.types import DecodedImage, Reason
+from indexer.settings import EncoderSettings, ImagingSettings
+from indexer.store.catalog import Catalog, catalog_url
+from indexer.store.searcher import Searcher
+from service.batcher import MicroBatcher, Overloaded
+from service.caches import LRU
+from service.config import ServiceSettings
+from service.errors import ServiceError
+from service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+Vector = npt.NDArray[np.float32]
+
+
+class Runtime:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.encoder = Encoder.load(
+            settings.model_dir,
+            EncoderSettings(provider=settings.provider, intra_op_threads=settings.intra_op_threads),
+        )  # loads, verifies hashes and runs the self-test
+        self.catalog = Catalog.open(catalog_url(settings.index_dir), upgrade=False)
+        self.searcher = Searcher(settings.index_dir, self.catalog)
+        self.searcher.check_model(self.encoder.fingerprint)
+        self.imaging = ImagingSettings(max_pixels=settings.max_pixels, frames="middle")
+        self.decoders = DecoderPool(self.imaging, settings.workers)
+        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-work")
+        self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-encode")
+        self.text_cache: LRU[str, Vector] = LRU(settings.text_cache_size)
+        self.thumbnails: LRU[tuple[int, int], bytes] = LRU(settings.thumbnail_cache_size)
+        recipe = self.searcher.binding.recipe
+        self.image_batcher: MicroBatcher[npt.NDArray[np.uint8], Vector] = MicroBatcher(
+            lambda images: list(self.encoder.embed_images(list(images), recipe)),
+            self.encode_pool,
+            window_ms=settings.batch_window_ms,
+            max_batch=settings.max_batch,
+            queue_size=settings.queue_size,
+            on_batch=self.metrics.batch_observer("image"),
+        )
+        self.text_batcher: MicroBatcher[str, Vector] = MicroBatcher(
+            lambda texts: list(self.encoder.embed_texts(list(texts))),
+            self.encode_pool,
+            window_ms=settings.batch_window_ms,
+            max_batch=settings.max_batch,
+            queue_size=settings.queue_size,
+            on_batch=self.metrics.batch_observer("text"),
+        )
+        self._poller: asyncio.Task[None] | None = None
+        self.update_index_metrics()
+
+    # -- lifecycle
+    def start(self) -> None:
+        self.image_batcher.start()
+        self.text_batcher.start()
+        self._poller = asyncio.get_running_loop().create_task(self._poll_index())
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        await self.image_batcher.stop()
+        await self.text_batcher.stop()
+        self.pool.shutdown(wait=False)
+        self.encode_pool.shutdown(wait=False)
+        self.decoders.close()
+        self.catalog.close()
+
+    async def _poll_index(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.index_poll_s)
+            try:
+                if await self.run(self.searcher.reload_if_changed):
+                    self.update_index_metrics()
+            except Exception as exc:  # noqa: BLE001 - keep serving the loaded version
+                logger.warning("new index version not loaded: %s", type(exc).__name__)
+
+    def update_index_metrics(self) -> None:
+        manifest = self.searcher.loaded.manifest
+        self.metrics.set_index(manifest.version, int(self.searcher.loaded.index.ntotal))
+
+    # -- work off the event loop
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def queue_depth(self) -> int:
+        return self.image_batcher.depth + self.text_batcher.depth
+
+    async def _submit(self, batcher: MicroBatcher[Any, Vector], item: Any) -> Vector:
+        try:
+            return await batcher.submit(item)
+        except Overloaded:
+            raise ServiceError(
+                503, "overloaded", "the request queue is full; retry shortly", {"Retry-After": "1"}
+            ) from None
+
+    async def embed_text(self, text: str) -> Vector:
+        if len(text) > self.settings.max_text_chars:
+            raise ServiceError(413, "text too long", f"at most {self.settings.max_text_chars}")
+        cached = self.text_cache.get(text)
+        if cached is not None:
+            self.metrics.text_cache.labels("hit").inc()
+            return cached
+        self.metrics.text_cache.labels("miss").inc()
+        vector = await self._submit(self.text_batcher, text)
+        self.text_cache.put(text, vector)
+        return vector
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[Vector]:
+        return list(await asyncio.gather(*(self.embed_text(t) for t in texts)))
+
+    async def decode(self, data: bytes) -> DecodedImage:
+        result = await self.run(self.decoders.decode, DecodeJob(data=data))
+        if not result.ok:
+            reason = result.reason or Reason.UNSUPPORTED
+            raise ImageRefused(reason.value, result.detail)
+        return result.images[0]
+
+    async def embed_image(self, data: bytes) -> tuple[Vector, DecodedImage]:
+        image = await self.decode(data)
+        return await self._submit(self.image_batcher, image.pixels), image
+
+
+def b64decode(value: str, max_bytes: int) -> bytes:
+    """Strict base64 (a ``data:`` URL prefix is accepted), refusing oversize input early."""
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    if len(value) * 3 // 4 > max_bytes:
+        raise ServiceError(413, "image too large", f"at most {max_bytes} bytes")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ServiceError(422, "invalid base64", "the image is not valid base64") from None

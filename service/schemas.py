@@ -1,0 +1,125 @@
+"""Request and response models: the OpenAPI document is the contract."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from indexer.store.filters import Filters
+
+GroupBy = Literal["study", "series"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchOptions(Strict):
+    k: int = Field(default=10, ge=1, le=1000, description="results to return")
+    filters: Filters | None = None
+    nprobe: int | None = Field(default=None, ge=1, le=65536, description="IVF lists to scan")
+    group_by: GroupBy | None = Field(default=None, description="best hit per study or series")
+
+
+class TextSearchRequest(SearchOptions):
+    text: str = Field(min_length=1, max_length=2000, examples=["x-ray chest anteroposterior"])
+
+
+class ImageSearchRequest(SearchOptions):
+    image: str = Field(min_length=1, description="base64 of a PNG, JPEG or DICOM file")
+    exclude_same_study: bool = Field(default=False, description="drop the query's own study")
+    exclude_same_patient: bool = Field(
+        default=False, description="drop the query's own patient (needs a hashed identity)"
+    )
+
+
+class ItemMetadata(BaseModel):
+    format: str
+    width: int
+    height: int
+    modality: str | None = None
+    body_part_examined: str | None = None
+    view_position: str | None = None
+    laterality: str | None = None
+    study_date: dt.date | None = None
+    series_description: str | None = None
+    manufacturer: str | None = None
+    photometric_interpretation: str | None = None
+    number_of_frames: int | None = None
+    burned_in_annotation: bool | None = None
+    labels: dict[str, str] | None = None
+
+
+class Item(BaseModel):
+    id: int
+    source_uri: str
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    frame: int | None = None
+    metadata: ItemMetadata
+    thumbnail_url: str
+
+
+class Hit(Item):
+    score: float
+
+
+class SearchResponse(BaseModel):
+    results: list[Hit]
+    index_version: str
+    model_fingerprint: str
+    took_ms: float
+
+
+class ClassifyRequest(Strict):
+    image: str = Field(min_length=1, description="base64 of a PNG, JPEG or DICOM file")
+    labels: list[str] = Field(min_length=1, max_length=100)
+    multilabel: bool = Field(default=False, description="sigmoid per label instead of softmax")
+
+
+class LabelScore(BaseModel):
+    label: str
+    probability: float
+    cosine: float
+
+
+class ClassifyResponse(BaseModel):
+    results: list[LabelScore]
+    scaling_factor: float
+
+
+# -- the Azure MedImageInsight schema, as documented
+class AzureInputData(Strict):
+    columns: list[Literal["image", "text"]] = Field(min_length=1, max_length=2)
+    index: list[int] = Field(default_factory=list, max_length=64)
+    data: list[list[str]] = Field(min_length=1, max_length=64)
+
+
+class AzureParams(Strict):
+    get_scaling_factor: bool = False
+
+
+class AzureRequest(Strict):
+    input_data: AzureInputData
+    params: AzureParams = Field(default_factory=AzureParams)
+
+
+class AzureResponse(BaseModel):
+    image_features: list[list[float]]
+    text_features: list[list[float]]
+    scaling_factor: float | None = None
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: Any = None
+
+
+class Health(BaseModel):
+    status: str
+    index_version: str | None = None
+    items: int | None = None
+    model_fingerprint: str | None = None
