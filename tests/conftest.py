@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from indexer.encoders.encoder import Encoder
+from indexer.pipeline.runner import BuildReport, run_build
 from indexer.settings import EncoderSettings
 
 TEST_MODEL = Path(__file__).parent / "data" / "test_model"
@@ -67,3 +68,13 @@ def tmp_model_copy(tmp_path: Path, test_model_dir: Path) -> Iterator[Path]:
     dst = tmp_path / "model"
     shutil.copytree(test_model_dir, dst)
     yield dst
+
+
+@pytest.fixture(scope="session")
+def built_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BuildReport]:
+    """A real index of pydicom's test files, built once per session with the test model."""
+    from tests.pipeline.conftest import corpus_dir, options
+
+    index_dir = tmp_path_factory.mktemp("index")
+    report = run_build(options([str(corpus_dir())], index_dir))
+    return index_dir, report

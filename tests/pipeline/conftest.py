@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom.data
 import pytest
 
-from indexer.pipeline.runner import BuildOptions, BuildReport, run_build
+from indexer.pipeline.runner import BuildOptions, BuildReport
 from indexer.settings import EncoderSettings, ImagingSettings
 
 TEST_MODEL = Path(__file__).parents[1] / "data" / "test_model"
@@ -31,13 +31,6 @@ def options(sources: list[str], index_dir: Path, **kw: object) -> BuildOptions:
     }
     base.update(kw)
     return BuildOptions(**base)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="session")
-def built_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BuildReport]:
-    index_dir = tmp_path_factory.mktemp("index")
-    report = run_build(options([str(corpus_dir())], index_dir))
-    return index_dir, report
 
 
 @pytest.fixture()
