@@ -45,13 +45,15 @@ class Runtime:
         self.imaging = ImagingSettings(max_pixels=settings.max_pixels, frames="middle")
         self.decoders = DecoderPool(self.imaging, settings.workers)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-work")
-        self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-encode")
+        # one thread per encoder, so that cheap text queries never wait behind image batches
+        self.image_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-image")
+        self.text_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-text")
         self.text_cache: LRU[str, Vector] = LRU(settings.text_cache_size)
         self.thumbnails: LRU[tuple[int, int], bytes] = LRU(settings.thumbnail_cache_size)
         recipe = self.searcher.binding.recipe
         self.image_batcher: MicroBatcher[npt.NDArray[np.uint8], Vector] = MicroBatcher(
             lambda images: list(self.encoder.embed_images(list(images), recipe)),
-            self.encode_pool,
+            self.image_pool,
             window_ms=settings.batch_window_ms,
             max_batch=settings.max_batch,
             queue_size=settings.queue_size,
@@ -59,7 +61,7 @@ class Runtime:
         )
         self.text_batcher: MicroBatcher[str, Vector] = MicroBatcher(
             lambda texts: list(self.encoder.embed_texts(list(texts))),
-            self.encode_pool,
+            self.text_pool,
             window_ms=settings.batch_window_ms,
             max_batch=settings.max_batch,
             queue_size=settings.queue_size,
@@ -80,7 +82,8 @@ class Runtime:
         await self.image_batcher.stop()
         await self.text_batcher.stop()
         self.pool.shutdown(wait=False)
-        self.encode_pool.shutdown(wait=False)
+        self.image_pool.shutdown(wait=False)
+        self.text_pool.shutdown(wait=False)
         self.decoders.close()
         self.catalog.close()
 

@@ -68,8 +68,9 @@ class Encoder:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, model_dir: Path, settings: EncoderSettings | None = None) -> Encoder:
+    def load(cls, model_dir: Path | str, settings: EncoderSettings | None = None) -> Encoder:
         settings = settings or EncoderSettings()
+        model_dir = Path(model_dir)
         manifest = read_manifest(model_dir)
         options = SessionOptions(
             settings.provider, settings.intra_op_threads, settings.inter_op_threads

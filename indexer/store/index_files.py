@@ -161,19 +161,18 @@ class IndexStore:
                 shutil.rmtree(stale, ignore_errors=True)
             now = dt.datetime.now(dt.UTC).replace(microsecond=0)
             name = self._next_name(now)
+            draft = IndexManifest.model_validate(
+                {**extra, "version": name, "created_at": now, "facts": built.facts, "files": {}}
+            )  # refuses a bad manifest_extra before anything is written
             tmp = self.versions_dir / f"{TMP_PREFIX}{name}"
             tmp.mkdir()
-            entry = self._write_index(index, tmp / INDEX_FILE)
-            manifest = IndexManifest.model_validate(
-                {
-                    **extra,
-                    "version": name,
-                    "created_at": now,
-                    "facts": built.facts,
-                    "files": {INDEX_FILE: entry},
-                }
-            )
-            _write_synced(tmp / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+            try:
+                entry = self._write_index(index, tmp / INDEX_FILE)
+                manifest = draft.model_copy(update={"files": {INDEX_FILE: entry}})
+                _write_synced(tmp / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             _fsync_dir(tmp)
             os.rename(tmp, self.versions_dir / name)
             _fsync_dir(self.versions_dir)

@@ -333,6 +333,7 @@ def test_publish_checks_extra(tmp_path: Path, flat: BuiltIndex) -> None:
     with pytest.raises(ValueError):
         store.publish(flat, {k: v for k, v in EXTRA.items() if k != "recipe"})
     assert store.current() is None
+    assert list((tmp_path / "versions").iterdir()) == []  # nothing half written left over
 
 
 def _published(tmp_path: Path, built: BuiltIndex) -> tuple[IndexStore, Path]:
