@@ -80,3 +80,7 @@ class IndexMissingError(VectorIndexError):
 
 class IndexCorruptError(VectorIndexError):
     """A published index's files do not match its manifest: run ``medsearch index rebuild``."""
+
+
+class SourceUnavailableError(SourceError):
+    """A remote source (a PACS) cannot be reached: the run stops and can be resumed."""

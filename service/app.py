@@ -16,14 +16,14 @@ from service.config import ServiceSettings
 from service.deps import require_key
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics
-from service.routes import azure, classify, health, items, search
+from service.routes import azure, classify, dicom, health, items, search
 from service.runtime import Runtime
 from service.schemas import ErrorBody, ImageSearchRequest
 
 logger = logging.getLogger(__name__)
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 502, 503)
 }
 
 
@@ -61,7 +61,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.metrics = metrics_holder
     errors.install(app)
     auth = [Depends(require_key)]
-    for module in (search, items, azure, classify, health):
+    for module in (search, dicom, items, azure, classify, health):
         app.include_router(module.router, dependencies=auth)
     if settings.cors_origins:
         app.add_middleware(

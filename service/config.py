@@ -55,6 +55,20 @@ class ServiceSettings(BaseSettings):
     text_cache_size: int = Field(default=4096, ge=0)
     thumbnail_cache_size: int = Field(default=512, ge=0)
     index_poll_s: float = Field(default=2.0, gt=0, description="check for new index versions")
+    # PACS and viewer
+    pacs_url: str | None = Field(
+        default=None,
+        description="DICOMweb base URL the service fetches from for /v1/search/dicom "
+        "(credentials: MEDSEARCH_DICOMWEB_USERNAME/PASSWORD or _TOKEN)",
+    )
+    wado_base_url: str | None = Field(
+        default=None, description="DICOMweb base URL put in results (default: pacs_url)"
+    )
+    viewer_url_template: str | None = Field(
+        default=None,
+        description="e.g. http://viewer:3000/viewer?StudyInstanceUIDs={study_uid}"
+        "&SeriesInstanceUIDs={series_uid}; also {sop_uid}",
+    )
 
     @model_validator(mode="after")
     def _refuse_open_bind(self) -> ServiceSettings:
@@ -65,6 +79,17 @@ class ServiceSettings(BaseSettings):
             )
         if any(len(k.get_secret_value()) < 16 for k in self.api_keys):
             raise ValueError("API keys must be at least 16 characters")
+        return self
+
+    @model_validator(mode="after")
+    def _viewer_template_fields(self) -> ServiceSettings:
+        if self.viewer_url_template:
+            try:
+                self.viewer_url_template.format(study_uid="1", series_uid="2", sop_uid="3")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    "viewer_url_template may use {study_uid}, {series_uid}, {sop_uid} only"
+                ) from exc
         return self
 
     def key_values(self) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from indexer.store.models import Item as ItemRow
 from indexer.store.searcher import Hit as SearchHit
@@ -37,7 +38,28 @@ def item_model(row: ItemRow) -> Item:
     )
 
 
-def hits_model(hits: Sequence[SearchHit], k: int, group_by: GroupBy | None) -> list[Hit]:
+@dataclass(frozen=True)
+class Links:
+    """Where a result can be opened: a viewer URL template and a DICOMweb base URL."""
+
+    viewer_template: str | None = None
+    wado_base: str | None = None
+
+    def of(self, row: ItemRow) -> dict[str, str | None]:
+        study, series, sop = row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid
+        viewer = wado = None
+        if self.viewer_template and study:
+            viewer = self.viewer_template.format(
+                study_uid=study, series_uid=series or "", sop_uid=sop or ""
+            )
+        if self.wado_base and study and series and sop:
+            wado = f"{self.wado_base.rstrip('/')}/studies/{study}/series/{series}/instances/{sop}"
+        return {"viewer_url": viewer, "wado_url": wado}
+
+
+def hits_model(
+    hits: Sequence[SearchHit], k: int, group_by: GroupBy | None, links: Links | None = None
+) -> list[Hit]:
     """Hits ordered by score then id; with ``group_by``, the best hit of each group."""
     ordered = sorted(hits, key=lambda h: (-h.score, h.id))
     if group_by is not None:
@@ -51,4 +73,8 @@ def hits_model(hits: Sequence[SearchHit], k: int, group_by: GroupBy | None) -> l
                 seen.add(uid)
                 kept.append(hit)
         ordered = kept
-    return [Hit(score=round(h.score, 6), **item_model(h.item).model_dump()) for h in ordered[:k]]
+    links = links or Links()
+    return [
+        Hit(score=round(h.score, 6), **item_model(h.item).model_dump(), **links.of(h.item))
+        for h in ordered[:k]
+    ]

@@ -18,6 +18,7 @@ from indexer.errors import ImageRefused
 from indexer.imaging.guard import DecodeJob, DecoderPool
 from indexer.imaging.types import DecodedImage, Reason
 from indexer.settings import EncoderSettings, ImagingSettings
+from indexer.sources.dicomweb_client import DicomWebClient
 from indexer.store.catalog import Catalog, catalog_url
 from indexer.store.searcher import Searcher
 from service.batcher import MicroBatcher, Overloaded
@@ -25,6 +26,7 @@ from service.caches import LRU
 from service.config import ServiceSettings
 from service.errors import ServiceError
 from service.metrics import Metrics
+from service.results import Links
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,6 +69,10 @@ class Runtime:
             queue_size=settings.queue_size,
             on_batch=self.metrics.batch_observer("text"),
         )
+        self.links = Links(
+            settings.viewer_url_template, settings.wado_base_url or settings.pacs_url
+        )
+        self.pacs = DicomWebClient(settings.pacs_url) if settings.pacs_url else None
         self._poller: asyncio.Task[None] | None = None
         self.update_index_metrics()
 
@@ -85,6 +91,8 @@ class Runtime:
         self.image_pool.shutdown(wait=False)
         self.text_pool.shutdown(wait=False)
         self.decoders.close()
+        if self.pacs is not None:
+            self.pacs.close()
         self.catalog.close()
 
     async def _poll_index(self) -> None:

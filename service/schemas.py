@@ -65,6 +65,18 @@ class Item(BaseModel):
 
 class Hit(Item):
     score: float
+    viewer_url: str | None = None
+    wado_url: str | None = None
+
+
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+
+
+class DicomSearchRequest(SearchOptions):
+    study_uid: str = Field(pattern=UID_PATTERN, max_length=64)
+    series_uid: str | None = Field(default=None, pattern=UID_PATTERN, max_length=64)
+    sop_uid: str | None = Field(default=None, pattern=UID_PATTERN, max_length=64)
+    exclude_same_study: bool = Field(default=False, description="drop the query's own study")
 
 
 class SearchResponse(BaseModel):

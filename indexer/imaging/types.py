@@ -31,6 +31,7 @@ class Reason(StrEnum):
     MEMORY = "decode memory limit"
     CRASHED = "decoder crashed"
     EMPTY = "empty file"
+    UNREADABLE = "cannot read source"  # the archive member or PACS instance did not come
 
 
 class ImageMetadata(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from indexer.errors import SourceError, SourceUnavailableError
 from indexer.imaging.guard import DecodeJob, DecoderPool
 from indexer.imaging.types import DecodeResult, FileInfo, Reason
 from indexer.pipeline.reader import ReadItem
@@ -16,8 +17,14 @@ def job_for(read: ReadItem, max_bytes: int) -> DecodeJob | DecodeResult:
         return DecodeJob(path=item.local_path)
     if item.size is not None and item.size > max_bytes:
         return DecodeResult(file=FileInfo("", item.size), reason=Reason.TOO_LARGE)
-    with item.open() as fp:
-        data = fp.read(max_bytes + 1)
+    try:
+        with item.open() as fp:
+            data = fp.read(max_bytes + 1)
+    except SourceUnavailableError:
+        raise  # a PACS that is down stops the run; rerunning resumes it
+    except (SourceError, OSError) as exc:
+        detail = str(exc)[:200] if isinstance(exc, SourceError) else type(exc).__name__
+        return DecodeResult(file=FileInfo("", 0), reason=Reason.UNREADABLE, detail=detail)
     if len(data) > max_bytes:
         return DecodeResult(file=FileInfo("", len(data)), reason=Reason.TOO_LARGE)
     return DecodeJob(data=data)

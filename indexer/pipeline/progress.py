@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 
 from indexer.sources import open_source
+from indexer.sources.dicomweb import is_dicomweb
 
 
 def count_items(specs: Sequence[str], *, budget_s: float = 30.0) -> int | None:
@@ -26,6 +27,8 @@ def count_items(specs: Sequence[str], *, budget_s: float = 30.0) -> int | None:
     total = 0
     for spec in specs:
         if any(spec.lower().endswith(s) for s in (".tar", ".gz", ".tgz", ".bz2", ".xz", ".txz")):
+            return None
+        if is_dicomweb(spec):  # counting would query the whole PACS twice
             return None
         source = open_source(spec)
         try:

@@ -24,12 +24,16 @@ from indexer.sources.archives import (
 )
 from indexer.sources.base import Source
 from indexer.sources.dicomdir import DicomdirSource, is_dicomdir
+from indexer.sources.dicomweb import DicomWebSource, is_dicomweb, open_dicomweb_uri
 from indexer.sources.directory import DirectorySource, open_file
 from indexer.sources.uri import parse_uri
 
 ZIP_SUFFIXES = (".zip",)
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
-_KINDS = "a directory, a .zip, .tar, .tar.gz/.tgz, .tar.bz2 or .tar.xz archive, or a DICOMDIR file"
+_KINDS = (
+    "a directory, a .zip, .tar, .tar.gz/.tgz, .tar.bz2 or .tar.xz archive, a DICOMDIR file, "
+    "or dicomweb+http(s)://host/dicom-web"
+)
 
 
 def open_source(spec: str, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Source:
@@ -39,6 +43,8 @@ def open_source(spec: str, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) 
     """
     if not spec.strip():
         raise SourceError(f"no source given: expected {_KINDS}")
+    if is_dicomweb(spec):
+        return DicomWebSource(spec)
     path = Path(spec).expanduser()
     if not path.exists():
         raise SourceError(f"{spec}: no such file or directory (expected {_KINDS})")
@@ -62,6 +68,8 @@ def open_uri(uri: str, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> B
     The caller closes the stream. Raises :class:`~indexer.errors.SourceError` for a
     malformed URI or a file or member that is not there.
     """
+    if is_dicomweb(uri):
+        return open_dicomweb_uri(uri)
     parsed = parse_uri(uri)
     if parsed.member is None:
         return open_file(parsed.path)

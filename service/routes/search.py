@@ -71,7 +71,7 @@ async def run_search(
     rt.metrics.search.observe(time.perf_counter() - started)
     loaded = rt.searcher.loaded
     return SearchResponse(
-        results=hits_model(hits, options.k, options.group_by),
+        results=hits_model(hits, options.k, options.group_by, rt.links),
         index_version=loaded.manifest.version,
         model_fingerprint=loaded.manifest.model_fingerprint,
         took_ms=round((time.perf_counter() - started) * 1000, 3),

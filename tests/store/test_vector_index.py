@@ -430,3 +430,25 @@ def test_readers_keep_working_while_versions_are_published(
     assert first.manifest.version not in store.versions()
     _, found = search(first.index, x[:1], 1)
     assert found[0][0] == ids[0]
+
+
+def test_load_retries_when_its_version_is_pruned_meanwhile(
+    tmp_path: Path, flat: BuiltIndex
+) -> None:
+    class StaleFirstRead(IndexStore):
+        """Reads CURRENT once before a publish moved it on and pruned that version."""
+
+        stale: str | None = None
+
+        def _pointer(self) -> str | None:
+            stale, self.stale = self.stale, None
+            return stale or super()._pointer()
+
+    store = StaleFirstRead(tmp_path, keep=2)
+    names = [store.publish(flat, EXTRA).version for _ in range(3)]
+    assert names[0] not in store.versions()
+    store.stale = names[0]
+    assert store.load().manifest.version == names[-1]
+    store.stale = names[0]
+    current = store.current()
+    assert current is not None and current.version == names[-1]

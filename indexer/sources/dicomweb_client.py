@@ -1,0 +1,151 @@
+"""A small DICOMweb client: QIDO-RS to list, WADO-RS to fetch, with retries and auth.
+
+Retries with exponential back-off (honouring ``Retry-After``) on connection errors,
+timeouts, 429 and 5xx; 4xx other than 429 fail at once. Credentials come from settings
+(basic or bearer), never from a URI a client sent. Responses are never logged: QIDO
+answers carry patient names.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from indexer.errors import SourceError, SourceUnavailableError
+
+logger = logging.getLogger(__name__)
+
+UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# transfer-syntax=*: the instance as stored, never transcoded by the PACS
+DICOM_MULTIPART = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+class DicomWebSettings(BaseSettings):
+    """``MEDSEARCH_DICOMWEB_*``: credentials and transport for DICOMweb servers."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDSEARCH_DICOMWEB_", extra="ignore")
+
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = Field(default=None, description="bearer token")
+    timeout_s: float = Field(default=30.0, gt=0)
+    retries: int = Field(default=4, ge=0, le=10)
+    backoff_s: float = Field(default=0.5, ge=0)
+    page_size: int = Field(default=100, ge=1, le=10_000)
+    max_instance_bytes: int = Field(default=1 << 30, ge=1)
+
+
+def check_uid(uid: str) -> str:
+    if not (0 < len(uid) <= 64 and UID.match(uid)):
+        raise SourceError("not a DICOM UID (digits and dots, at most 64 characters)")
+    return uid
+
+
+def tag_value(record: dict[str, Any], tag: str) -> Any:
+    values = (record.get(tag) or {}).get("Value") or []
+    return values[0] if values else None
+
+
+def split_multipart(body: bytes, content_type: str) -> list[bytes]:
+    """The parts of a ``multipart/related`` body (WADO-RS)."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not match:
+        raise SourceError("WADO-RS answer is not multipart (no boundary)")
+    delimiter = b"--" + match.group(1).encode()
+    parts = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        _head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        parts.append(content[:-2] if content.endswith(b"\r\n") else content)
+    return parts
+
+
+class DicomWebClient:
+    def __init__(self, base_url: str, settings: DicomWebSettings | None = None) -> None:
+        self.settings = settings or DicomWebSettings()
+        self.base_url = base_url.rstrip("/")
+        auth: httpx.Auth | None = None
+        headers = {}
+        if self.settings.token is not None:
+            headers["Authorization"] = f"Bearer {self.settings.token.get_secret_value()}"
+        elif self.settings.username is not None:
+            password = self.settings.password.get_secret_value() if self.settings.password else ""
+            auth = httpx.BasicAuth(self.settings.username, password)
+        self._auth, self._headers = auth, headers
+        self._http = self._new_client()
+
+    def _new_client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url,
+            auth=self._auth,
+            headers=self._headers,
+            timeout=self.settings.timeout_s,
+        )
+
+    def close(self) -> None:
+        """Close the connections; a later request opens new ones (items outlive a scan)."""
+        self._http.close()
+
+    def _get(self, path: str, params: dict[str, Any] | None, accept: str) -> httpx.Response:
+        delay = self.settings.backoff_s
+        host = httpx.URL(self.base_url).host
+        unavailable = True
+        for attempt in range(self.settings.retries + 1):
+            if self._http.is_closed:
+                self._http = self._new_client()
+            try:
+                response = self._http.get(path, params=params, headers={"Accept": accept})
+            except httpx.HTTPError as exc:
+                problem = f"cannot reach the PACS at {host} ({type(exc).__name__})"
+                unavailable = True
+            else:
+                if response.status_code < 400:
+                    return response
+                problem = f"the PACS at {host} answered {response.status_code}"
+                if response.status_code != 429 and response.status_code < 500:
+                    raise SourceError(problem)
+                # 429, 502, 503, 504: the PACS is overloaded or away; 500: this resource
+                unavailable = response.status_code in (429, 502, 503, 504)
+                after = response.headers.get("Retry-After", "")
+                if after.isdigit():
+                    delay = max(delay, min(float(after), 30.0))
+            if attempt < self.settings.retries:
+                logger.warning("%s; retry %d in %.1f s", problem, attempt + 1, delay)
+                time.sleep(delay)
+                delay *= 2
+        message = f"{problem}; gave up after {self.settings.retries + 1} tries"
+        raise SourceUnavailableError(message) if unavailable else SourceError(message)
+
+    def qido(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every record of a QIDO-RS query, page by page (``offset``/``limit``)."""
+        offset = 0
+        while True:
+            page = {**params, "offset": offset, "limit": self.settings.page_size}
+            response = self._get(path, page, "application/dicom+json")
+            records = response.json() if response.content else []
+            if not isinstance(records, list):
+                raise SourceError("QIDO-RS answer is not a JSON array")
+            yield from records
+            if len(records) < self.settings.page_size:
+                return
+            offset += len(records)
+
+    def instance(self, study: str, series: str, sop: str) -> bytes:
+        path = f"/studies/{check_uid(study)}/series/{check_uid(series)}/instances/{check_uid(sop)}"
+        response = self._get(path, None, DICOM_MULTIPART)
+        if len(response.content) > self.settings.max_instance_bytes:
+            raise SourceError("the instance is larger than the limit")
+        parts = split_multipart(response.content, response.headers.get("content-type", ""))
+        if len(parts) != 1:
+            raise SourceError(f"WADO-RS answered {len(parts)} parts for one instance")
+        return parts[0]
