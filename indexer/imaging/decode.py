@@ -69,7 +69,10 @@ def _result(fp: BinaryIO, info: FileInfo, settings: ImagingSettings) -> DecodeRe
         return DecodeResult(file=info, reason=Reason.MEMORY)
     except RecursionError:
         return DecodeResult(file=info, reason=Reason.CORRUPT, detail="nesting too deep")
-    except Exception as exc:  # noqa: BLE001 - the boundary for untrusted bytes
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the boundary for untrusted bytes; a Rust
+        # codec's panic (pyo3 PanicException) derives from BaseException, not Exception
         logger.warning("unexpected %s while decoding; refused", type(exc).__name__)
         return DecodeResult(file=info, reason=Reason.CORRUPT, detail=type(exc).__name__)
     return DecodeResult(file=info, images=images)

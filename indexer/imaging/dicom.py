@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -147,20 +148,51 @@ def decode_dicom(fp: str | BinaryIO, settings: ImagingSettings) -> list[DecodedI
         raise ImageRefused(Reason.NO_IMAGE, _kind(ds))
     rows, cols, n_frames = _geometry(ds, settings)
     images: list[DecodedImage] = []
+    plugins = decoder_order(ds)
     for index in frame_indices(n_frames, settings.frames):
-        try:
-            arr = pixel_array(ds, index=index)
-        except MemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any codec failure is a refusal
-            raise ImageRefused(Reason.UNDECODABLE, _codec_detail(ds, exc)) from None
-        pixels, voi = render_frame(ds, np.asarray(arr), index)
+        arr = _decode_frame(ds, index, plugins)
+        pixels, voi = render_frame(ds, arr, index)
         if pixels.shape[:2] != (rows, cols):
             raise ImageRefused(Reason.UNDECODABLE, f"decoded shape {pixels.shape[:2]}")
         meta = dicom_metadata(ds, width=cols, height=rows, frame=index + 1, settings=settings)
         meta.voi = voi
         images.append(DecodedImage(pixels=pixels, metadata=meta))
     return images
+
+
+# GDCM goes last: on some damaged codestreams it aborts the process (found by fuzzing).
+# The guarded worker pool survives that; an in-process caller should not meet it first.
+PLUGIN_PREFERENCE = ("pylibjpeg", "pydicom", "pillow", "pyjpegls", "gdcm")
+
+
+def decoder_order(ds: Dataset) -> list[str]:
+    """The pixel-data plugins to try for this transfer syntax, safest first."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts is None:
+        return [""]
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        return [""]
+    if not decoder.is_encapsulated:
+        return [""]  # native data: no plugin involved
+    available = set(decoder.available_plugins)
+    ordered = [p for p in PLUGIN_PREFERENCE if p in available]
+    return ordered + sorted(available - set(ordered)) or [""]
+
+
+def _decode_frame(ds: Dataset, index: int, plugins: list[str]) -> npt.NDArray[Any]:
+    failure: BaseException | None = None
+    for plugin in plugins:
+        try:
+            return np.asarray(pixel_array(ds, index=index, decoding_plugin=plugin))
+        except (MemoryError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - codecs raise anything, Rust panics too
+            failure = exc
+    assert failure is not None
+    raise ImageRefused(Reason.UNDECODABLE, _codec_detail(ds, failure))
 
 
 def _kind(ds: Dataset) -> str:
@@ -170,7 +202,7 @@ def _kind(ds: Dataset) -> str:
     return str(name or modality or "no Pixel Data element")[:80]
 
 
-def _codec_detail(ds: Dataset, exc: Exception) -> str:
+def _codec_detail(ds: Dataset, exc: BaseException) -> str:
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     ts_name = getattr(ts, "name", None) or str(ts or "unknown transfer syntax")

@@ -120,6 +120,11 @@ class DecoderWorker:
         self.restarts += 1
         return DecodeResult(file=info, reason=reason, detail=detail)
 
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id, while one runs (started on the first job)."""
+        return int(self._proc.pid) if self._proc is not None else None
+
     def close(self) -> None:
         self._kill()
 
