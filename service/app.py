@@ -16,7 +16,7 @@ from service.config import ServiceSettings
 from service.deps import require_key
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics
-from service.routes import azure, classify, dicom, health, items, search
+from service.routes import azure, classify, dicom, health, items, search, web
 from service.runtime import Runtime
 from service.schemas import ErrorBody, ImageSearchRequest
 
@@ -63,6 +63,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     auth = [Depends(require_key)]
     for module in (search, dicom, items, azure, classify, health):
         app.include_router(module.router, dependencies=auth)
+    app.include_router(web.router)  # the page itself holds no data: no key needed
+    app.mount("/static", web.static_files(), name="static")
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,0 +1,152 @@
+// medsearch search page: plain JavaScript, no build step. Talks to the JSON API; sends the
+// API key (kept in sessionStorage) as a bearer token on every call, thumbnails included.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { key: sessionStorage.getItem("medsearch-key") || "", thumbs: [] };
+
+function headers(extra) {
+  const h = Object.assign({}, extra || {});
+  if (state.key) h.Authorization = "Bearer " + state.key;
+  return h;
+}
+
+function say(message, isError) {
+  const status = $("status");
+  status.textContent = message;
+  status.classList.toggle("error", Boolean(isError));
+}
+
+async function api(path, options) {
+  const opts = Object.assign({}, options || {});
+  opts.headers = headers(opts.headers);
+  const response = await fetch(path, opts);
+  if (!response.ok) {
+    let body = {};
+    try { body = await response.json(); } catch (e) { body = {}; }
+    const detail = typeof body.detail === "string" ? body.detail : "";
+    if (response.status === 401) $("api-key").focus();
+    throw new Error((body.error || response.statusText) + (detail ? ": " + detail : ""));
+  }
+  return response;
+}
+
+function filters() {
+  const list = (id) => $(id).value.split(",").map((s) => s.trim()).filter(Boolean);
+  const out = {};
+  if (list("f-modality").length) out.modality = list("f-modality").map((s) => s.toUpperCase());
+  if (list("f-body-part").length) out.body_part_examined = list("f-body-part").map((s) => s.toUpperCase());
+  if ($("f-date-from").value) out.study_date_from = $("f-date-from").value;
+  if ($("f-date-to").value) out.study_date_to = $("f-date-to").value;
+  return Object.keys(out).length ? out : null;
+}
+
+function k() {
+  const value = parseInt($("f-k").value, 10);
+  return Number.isFinite(value) ? Math.min(Math.max(value, 1), 100) : 12;
+}
+
+function shorten(uri) {
+  const parts = uri.split("/");
+  return parts.length > 3 ? "…/" + parts.slice(-2).join("/") : uri;
+}
+
+async function loadThumbnail(img, url) {
+  try {
+    const response = await api(url);
+    const blob = await response.blob();
+    const objectUrl = URL.createObjectURL(blob);
+    state.thumbs.push(objectUrl);
+    img.src = objectUrl;
+  } catch (e) {
+    img.alt = "no thumbnail";
+  }
+}
+
+function show(results, what) {
+  state.thumbs.forEach((u) => URL.revokeObjectURL(u));
+  state.thumbs = [];
+  const grid = $("results");
+  grid.replaceChildren();
+  const template = $("card-template");
+  for (const hit of results) {
+    const card = template.content.firstElementChild.cloneNode(true);
+    card.dataset.id = String(hit.id);
+    const m = hit.metadata || {};
+    const img = card.querySelector("img");
+    img.alt = "Thumbnail of item " + hit.id;
+    loadThumbnail(img, hit.thumbnail_url);
+    card.querySelector(".score").textContent = "score " + hit.score.toFixed(3);
+    card.querySelector(".what").textContent = [m.modality, m.body_part_examined, m.study_date,
+      m.series_description].filter(Boolean).join(" · ") || m.format;
+    const source = card.querySelector(".source");
+    source.textContent = shorten(hit.source_uri);
+    source.title = hit.source_uri;
+    const more = card.querySelector(".more");
+    more.setAttribute("aria-label", "More like item " + hit.id);
+    more.addEventListener("click", () => neighbours(hit.id));
+    if (hit.viewer_url) {
+      const link = card.querySelector(".viewer");
+      link.href = hit.viewer_url;
+      link.hidden = false;
+    }
+    grid.appendChild(card);
+  }
+  say(results.length + " results " + what + ".");
+}
+
+async function run(what, request) {
+  say("Searching…");
+  try {
+    const response = await request();
+    const body = await response.json();
+    show(body.results, what);
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+function searchText(event) {
+  event.preventDefault();
+  const text = $("query").value.trim();
+  if (!text) return;
+  const body = { text: text, k: k(), filters: filters() };
+  run("for “" + text + "”", () => api("/v1/search/text", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  }));
+}
+
+function searchFile(file) {
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file, file.name);
+  form.append("options", JSON.stringify({ k: k(), filters: filters() }));
+  run("like " + file.name, () => api("/v1/search/image", { method: "POST", body: form }));
+}
+
+function neighbours(id) {
+  run("like item " + id, () => api("/v1/items/" + id + "/neighbors?k=" + k()));
+}
+
+function setup() {
+  $("api-key").value = state.key;
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.key = $("api-key").value.trim();
+    sessionStorage.setItem("medsearch-key", state.key);
+    say(state.key ? "API key set for this tab." : "API key cleared.");
+  });
+  $("text-form").addEventListener("submit", searchText);
+  const zone = $("drop-zone");
+  zone.addEventListener("click", () => $("file").click());
+  $("file").addEventListener("change", () => searchFile($("file").files[0]));
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    searchFile(event.dataTransfer.files[0]);
+  });
+}
+
+setup();

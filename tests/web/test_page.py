@@ -1,0 +1,173 @@
+"""The search page in a real headless Chromium (Selenium + Debian's chromium-driver):
+type a query, upload an indexed DICOM and see it first, follow "more like this", use the
+keyboard, see an error for a wrong key. Screenshots go to tests/artifacts/web/."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from indexer.pipeline.runner import BuildReport
+from service.app import create_app
+from tests.service.conftest import KEY, settings_for
+from tests.service.live import serve
+
+pytestmark = pytest.mark.slow
+webdriver = pytest.importorskip("selenium.webdriver")
+ARTIFACTS = Path(__file__).parents[1] / "artifacts" / "web"
+WAIT_S = 30
+
+
+@pytest.fixture(scope="module")
+def base_url(built_index: tuple[Path, BuildReport]) -> Iterator[str]:
+    app = create_app(settings_for(built_index[0], api_keys=[KEY]))
+    with serve(app, headers={"Authorization": f"Bearer {KEY}"}) as base:
+        yield base
+
+
+@pytest.fixture()
+def browser() -> Iterator[Any]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("chromium and chromium-driver (Debian) are not installed")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver: Any, condition: Any) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S).until(condition)
+
+
+def _shot(driver: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def _enter_key(driver: Any, base_url: str, key: str = KEY) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(base_url + "/")
+    field = driver.find_element(By.ID, "api-key")
+    field.clear()
+    field.send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#key-form button").click()
+
+
+def _cards(driver: Any) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return list(driver.find_elements(By.CSS_SELECTOR, "#results .card"))
+
+
+def _thumbnails_loaded(driver: Any) -> bool:
+    return bool(
+        driver.execute_script(
+            "const imgs = [...document.querySelectorAll('#results .card img')];"
+            "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);"
+        )
+    )
+
+
+def test_text_query_shows_results_with_thumbnails(browser: Any, base_url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _enter_key(browser, base_url)
+    query = browser.find_element(By.ID, "query")
+    query.send_keys("x-ray chest anteroposterior", Keys.ENTER)
+    _wait(browser, lambda d: len(_cards(d)) > 0)
+    _wait(browser, _thumbnails_loaded)
+    assert "results" in browser.find_element(By.ID, "status").text
+    assert browser.find_element(By.CSS_SELECTOR, "#results .card .score").text.startswith("score")
+    _shot(browser, "text-search")
+
+
+def test_upload_of_an_indexed_dicom_finds_it_first(browser: Any, base_url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    _enter_key(browser, base_url)
+    path = get_testdata_file("MR_small.dcm")
+    assert path is not None
+    browser.find_element(By.ID, "file").send_keys(path)
+    _wait(browser, lambda d: len(_cards(d)) > 0)
+    first = _cards(browser)[0]
+    assert (
+        first.find_element(By.CSS_SELECTOR, ".source")
+        .get_attribute("title")
+        .endswith("/MR_small.dcm")
+    )
+    assert first.find_element(By.CSS_SELECTOR, ".score").text == "score 1.000"
+    _wait(browser, _thumbnails_loaded)
+    _shot(browser, "image-upload")
+
+
+def test_more_like_this(browser: Any, base_url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _enter_key(browser, base_url)
+    browser.find_element(By.ID, "query").send_keys("mr brain", Keys.ENTER)
+    _wait(browser, lambda d: len(_cards(d)) > 1)
+    card = _cards(browser)[1]
+    clicked = card.get_attribute("data-id")
+    card.find_element(By.CSS_SELECTOR, "button.more").click()
+    _wait(browser, lambda d: f"like item {clicked}" in d.find_element(By.ID, "status").text)
+    ids = [c.get_attribute("data-id") for c in _cards(browser)]
+    assert ids and clicked not in ids
+    _wait(browser, _thumbnails_loaded)
+    _shot(browser, "more-like-this")
+
+
+def test_keyboard_reaches_search_button_and_results(browser: Any, base_url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _enter_key(browser, base_url)
+    query = browser.find_element(By.ID, "query")
+    query.send_keys("ct abdomen", Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("id") == "search-button"
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    _wait(browser, lambda d: len(_cards(d)) > 0)
+    active = browser.switch_to.active_element
+    visited = []
+    for _ in range(30):  # drop zone, filters (a date input has 3 stops), then the cards
+        active.send_keys(Keys.TAB)
+        active = browser.switch_to.active_element
+        visited.append(
+            active.get_attribute("id") or active.get_attribute("class") or active.tag_name
+        )
+        if "more" in (active.get_attribute("class") or ""):
+            break
+    assert "more" in (active.get_attribute("class") or ""), visited
+    _shot(browser, "keyboard")
+
+
+def test_wrong_key_shows_the_error(browser: Any, base_url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _enter_key(browser, base_url, key="wrong-key-wrong-key")
+    browser.find_element(By.ID, "query").send_keys("ct", Keys.ENTER)
+    _wait(browser, lambda d: "unauthorized" in d.find_element(By.ID, "status").text)
+    status = browser.find_element(By.ID, "status")
+    assert "error" in (status.get_attribute("class") or "")
+    assert not _cards(browser)
+    _shot(browser, "wrong-key")
