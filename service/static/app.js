@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { key: sessionStorage.getItem("medsearch-key") || "", thumbs: [] };
+const state = { key: sessionStorage.getItem("medsearch-key") || "", thumbs: [], seq: 0 };
 
 function headers(extra) {
   const h = Object.assign({}, extra || {});
@@ -24,11 +24,24 @@ async function api(path, options) {
   if (!response.ok) {
     let body = {};
     try { body = await response.json(); } catch (e) { body = {}; }
-    const detail = typeof body.detail === "string" ? body.detail : "";
-    if (response.status === 401) $("api-key").focus();
-    throw new Error((body.error || response.statusText) + (detail ? ": " + detail : ""));
+    throw new Error(describe(response.status, body) || response.statusText);
   }
   return response;
+}
+
+// The API's errors are {error, detail}; detail is a string or a list of {loc, msg}.
+function describe(status, body) {
+  let detail = body.detail;
+  if (Array.isArray(detail)) {
+    detail = detail.map((d) => (d.loc ? d.loc.join(".") + ": " : "") + (d.msg || "")).join("; ");
+  }
+  let message = (body.error || "") + (typeof detail === "string" && detail ? ": " + detail : "");
+  if (status === 401) {
+    message += ". Enter a valid API key above.";
+    $("api-key").focus();
+    $("api-key").select();
+  }
+  return message;
 }
 
 function filters() {
@@ -51,9 +64,11 @@ function shorten(uri) {
   return parts.length > 3 ? "…/" + parts.slice(-2).join("/") : uri;
 }
 
-async function loadThumbnail(img, url) {
+async function loadThumbnail(img, path) {
+  const url = new URL(path, location.href);
+  url.searchParams.set("size", "256");
   try {
-    const response = await api(url);
+    const response = await api(url.pathname + url.search);
     const blob = await response.blob();
     const objectUrl = URL.createObjectURL(blob);
     state.thumbs.push(objectUrl);
@@ -96,13 +111,17 @@ function show(results, what) {
 }
 
 async function run(what, request) {
+  const seq = ++state.seq;  // only the latest search may fill the grid
   say("Searching…");
+  $("results").setAttribute("aria-busy", "true");
   try {
     const response = await request();
     const body = await response.json();
-    show(body.results, what);
+    if (seq === state.seq) show(body.results, what);
   } catch (e) {
-    say(e.message, true);
+    if (seq === state.seq) say(e.message, true);
+  } finally {
+    if (seq === state.seq) $("results").removeAttribute("aria-busy");
   }
 }
 

@@ -1,14 +1,17 @@
 """The search page in a real headless Chromium (Selenium + Debian's chromium-driver):
-type a query, upload an indexed DICOM and see it first, follow "more like this", use the
-keyboard, see an error for a wrong key. Screenshots go to tests/artifacts/web/."""
+type a query, upload (and drop) an indexed DICOM and see it first, filter, follow "more
+like this", open the viewer link, use the keyboard, see an error for a wrong key.
+Screenshots go to tests/artifacts/web/."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -21,11 +24,12 @@ pytestmark = pytest.mark.slow
 webdriver = pytest.importorskip("selenium.webdriver")
 ARTIFACTS = Path(__file__).parents[1] / "artifacts" / "web"
 WAIT_S = 30
+VIEWER = "http://viewer.invalid/viewer?StudyInstanceUIDs={study_uid}"
 
 
 @pytest.fixture(scope="module")
 def base_url(built_index: tuple[Path, BuildReport]) -> Iterator[str]:
-    app = create_app(settings_for(built_index[0], api_keys=[KEY]))
+    app = create_app(settings_for(built_index[0], api_keys=[KEY], viewer_url_template=VIEWER))
     with serve(app, headers={"Authorization": f"Bearer {KEY}"}) as base:
         yield base
 
@@ -115,8 +119,50 @@ def test_upload_of_an_indexed_dicom_finds_it_first(browser: Any, base_url: str) 
         .endswith("/MR_small.dcm")
     )
     assert first.find_element(By.CSS_SELECTOR, ".score").text == "score 1.000"
+    viewer = first.find_element(By.CSS_SELECTOR, "a.viewer")
+    study = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
+    assert viewer.is_displayed()
+    assert viewer.get_attribute("href") == VIEWER.format(study_uid=study)
     _wait(browser, _thumbnails_loaded)
     _shot(browser, "image-upload")
+
+
+def test_dropping_a_file_searches_with_it(browser: Any, base_url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    _enter_key(browser, base_url)
+    path = get_testdata_file("CT_small.dcm")
+    assert path is not None
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    browser.execute_script(
+        "const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));"
+        "const transfer = new DataTransfer();"
+        "transfer.items.add(new File([bytes], 'CT_small.dcm'));"
+        "document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop',"
+        " {dataTransfer: transfer, bubbles: true, cancelable: true}));",
+        data,
+    )
+    _wait(browser, lambda d: "like CT_small.dcm" in d.find_element(By.ID, "status").text)
+    first = _cards(browser)[0]
+    assert (
+        first.find_element(By.CSS_SELECTOR, ".source")
+        .get_attribute("title")
+        .endswith("/CT_small.dcm")
+    )
+    assert first.find_element(By.CSS_SELECTOR, ".score").text == "score 1.000"
+
+
+def test_filters_narrow_the_results(browser: Any, base_url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _enter_key(browser, base_url)
+    browser.find_element(By.ID, "f-modality").send_keys("mr")
+    browser.find_element(By.ID, "query").send_keys("mr brain", Keys.ENTER)
+    _wait(browser, lambda d: "results for" in d.find_element(By.ID, "status").text)
+    kinds = [c.find_element(By.CSS_SELECTOR, ".what").text for c in _cards(browser)]
+    assert kinds and all(kind.startswith("MR") for kind in kinds), kinds
+    _shot(browser, "filters")
 
 
 def test_more_like_this(browser: Any, base_url: str) -> None:
