@@ -65,15 +65,16 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         app.include_router(module.router, dependencies=auth)
     app.include_router(web.router)  # the page itself holds no data: no key needed
     app.mount("/static", web.static_files(), name="static")
-    if settings.cors_origins:
+    app.add_middleware(_MetricsProxy)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # outermost, so that a viewer can read every answer, 413s included
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Retry-After"],
         )
-    app.add_middleware(_MetricsProxy)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -8,11 +8,12 @@ answers carry patient names.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import Field, SecretStr
@@ -40,6 +41,14 @@ class DicomWebSettings(BaseSettings):
     backoff_s: float = Field(default=0.5, ge=0)
     page_size: int = Field(default=100, ge=1, le=10_000)
     max_instance_bytes: int = Field(default=1 << 30, ge=1)
+
+
+T = TypeVar("T")
+Read = Callable[[httpx.Response], T]
+
+
+def _read_all(response: httpx.Response) -> bytes:
+    return response.read()
 
 
 def check_uid(uid: str) -> str:
@@ -96,7 +105,8 @@ class DicomWebClient:
         """Close the connections; a later request opens new ones (items outlive a scan)."""
         self._http.close()
 
-    def _get(self, path: str, params: dict[str, Any] | None, accept: str) -> httpx.Response:
+    def _get(self, path: str, params: dict[str, Any] | None, accept: str, read: Read[T]) -> T:
+        """GET with retries; ``read`` consumes the streamed body inside the retry loop."""
         delay = self.settings.backoff_s
         host = httpx.URL(self.base_url).host
         unavailable = True
@@ -104,21 +114,22 @@ class DicomWebClient:
             if self._http.is_closed:
                 self._http = self._new_client()
             try:
-                response = self._http.get(path, params=params, headers={"Accept": accept})
+                with self._http.stream(
+                    "GET", path, params=params, headers={"Accept": accept}
+                ) as response:
+                    if response.status_code < 400:
+                        return read(response)
+                    problem = f"the PACS at {host} answered {response.status_code}"
+                    if response.status_code != 429 and response.status_code < 500:
+                        raise SourceError(problem)
+                    # 429, 502, 503, 504: the PACS is overloaded or away; 500: this resource
+                    unavailable = response.status_code in (429, 502, 503, 504)
+                    after = response.headers.get("Retry-After", "")
+                    if after.isdigit():
+                        delay = max(delay, min(float(after), 30.0))
             except httpx.HTTPError as exc:
                 problem = f"cannot reach the PACS at {host} ({type(exc).__name__})"
                 unavailable = True
-            else:
-                if response.status_code < 400:
-                    return response
-                problem = f"the PACS at {host} answered {response.status_code}"
-                if response.status_code != 429 and response.status_code < 500:
-                    raise SourceError(problem)
-                # 429, 502, 503, 504: the PACS is overloaded or away; 500: this resource
-                unavailable = response.status_code in (429, 502, 503, 504)
-                after = response.headers.get("Retry-After", "")
-                if after.isdigit():
-                    delay = max(delay, min(float(after), 30.0))
             if attempt < self.settings.retries:
                 logger.warning("%s; retry %d in %.1f s", problem, attempt + 1, delay)
                 time.sleep(delay)
@@ -131,8 +142,11 @@ class DicomWebClient:
         offset = 0
         while True:
             page = {**params, "offset": offset, "limit": self.settings.page_size}
-            response = self._get(path, page, "application/dicom+json")
-            records = response.json() if response.content else []
+            content = self._get(path, page, "application/dicom+json", _read_all)
+            try:
+                records = json.loads(content) if content else []
+            except ValueError:
+                raise SourceError("QIDO-RS answer is not JSON") from None
             if not isinstance(records, list):
                 raise SourceError("QIDO-RS answer is not a JSON array")
             yield from records
@@ -142,10 +156,21 @@ class DicomWebClient:
 
     def instance(self, study: str, series: str, sop: str) -> bytes:
         path = f"/studies/{check_uid(study)}/series/{check_uid(series)}/instances/{check_uid(sop)}"
-        response = self._get(path, None, DICOM_MULTIPART)
-        if len(response.content) > self.settings.max_instance_bytes:
-            raise SourceError("the instance is larger than the limit")
-        parts = split_multipart(response.content, response.headers.get("content-type", ""))
+        limit = self.settings.max_instance_bytes
+
+        def read(response: httpx.Response) -> tuple[bytes, str]:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise SourceError("the instance is larger than the limit")
+            body = bytearray()
+            for chunk in response.iter_bytes():  # stop reading at the limit, not after
+                body += chunk
+                if len(body) > limit:
+                    raise SourceError("the instance is larger than the limit")
+            return bytes(body), response.headers.get("content-type", "")
+
+        content, content_type = self._get(path, None, DICOM_MULTIPART, read)
+        parts = split_multipart(content, content_type)
         if len(parts) != 1:
             raise SourceError(f"WADO-RS answered {len(parts)} parts for one instance")
         return parts[0]

@@ -134,6 +134,20 @@ def test_modality_filter(pacs: Orthanc) -> None:
     assert 0 < len(items) <= len(files) and len(items) >= expected
 
 
+def test_paging_lists_every_instance_once(pacs: Orthanc) -> None:
+    files = _image_files()[:7]
+    pacs.upload(files)
+    expected = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    for page_size in (2, 3, 100):  # QIDO-RS offset/limit for studies and instances
+        source = DicomWebSource(f"dicomweb+{pacs.dicomweb}", DicomWebSettings(page_size=page_size))
+        try:
+            uris = [item.uri for item in source]
+        finally:
+            source.close()
+        assert len(uris) == len(set(uris)) == len(expected), page_size
+        assert {uri.rsplit("/", 1)[1] for uri in uris} == expected
+
+
 def test_pacs_down_is_a_clear_error_and_the_run_resumes(pacs: Orthanc, tmp_path: Path) -> None:
     files = _image_files()[:8]
     pacs.upload(files)
