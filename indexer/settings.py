@@ -34,6 +34,18 @@ class EncoderSettings(BaseSettings):
     self_test: bool = Field(default=True, description="refuse a model that fails its goldens")
 
 
+class CatalogSettings(BaseSettings):
+    """Where the catalog lives: SQLite in the index directory, or a database server."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDSEARCH_", extra="ignore")
+
+    catalog_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:password@host/medsearch "
+        "(one database per index directory); default: catalog.sqlite3 in the index directory",
+    )
+
+
 class ImagingSettings(BaseSettings):
     """How input files are read: limits for untrusted bytes, frames, and the PHI policy."""
 

@@ -28,6 +28,9 @@ class ServiceSettings(BaseSettings):
 
     index_dir: Path = Field(description="index directory built by `medsearch index build`")
     model_dir: Path = Field(description="exported model directory (the index's model)")
+    catalog_url: SecretStr | None = Field(
+        default=None, description="the index's catalog database (default: its SQLite file)"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     api_keys: list[SecretStr] = Field(

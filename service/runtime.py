@@ -17,7 +17,7 @@ from indexer.encoders.encoder import Encoder
 from indexer.errors import ImageRefused
 from indexer.imaging.guard import DecodeJob, DecoderPool
 from indexer.imaging.types import DecodedImage, Reason
-from indexer.settings import EncoderSettings, ImagingSettings
+from indexer.settings import CatalogSettings, EncoderSettings, ImagingSettings
 from indexer.sources.dicomweb_client import DicomWebClient
 from indexer.store.catalog import Catalog, catalog_url
 from indexer.store.searcher import Searcher
@@ -41,7 +41,10 @@ class Runtime:
             settings.model_dir,
             EncoderSettings(provider=settings.provider, intra_op_threads=settings.intra_op_threads),
         )  # loads, verifies hashes and runs the self-test
-        self.catalog = Catalog.open(catalog_url(settings.index_dir), upgrade=False)
+        self.catalog = Catalog.open(
+            catalog_url(settings.index_dir, CatalogSettings(catalog_url=settings.catalog_url)),
+            upgrade=False,
+        )
         self.searcher = Searcher(settings.index_dir, self.catalog)
         self.searcher.check_model(self.encoder.fingerprint)
         self.imaging = ImagingSettings(max_pixels=settings.max_pixels, frames="middle")

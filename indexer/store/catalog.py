@@ -22,6 +22,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.errors import CatalogError, ModelMismatchError
+from indexer.settings import CatalogSettings
 from indexer.store import db
 from indexer.store.filters import Filters, filter_query
 from indexer.store.models import CatalogInfo, Failure, Item, Run, utcnow
@@ -57,7 +58,11 @@ class NewFailure:
     sha256: str = ""
 
 
-def catalog_url(index_dir: Path) -> str:
+def catalog_url(index_dir: Path, settings: CatalogSettings | None = None) -> str:
+    """The catalog of ``index_dir``: ``MEDSEARCH_CATALOG_URL`` if set, else its SQLite file."""
+    configured = (settings or CatalogSettings()).catalog_url
+    if configured is not None and configured.get_secret_value():
+        return configured.get_secret_value()
     return db.sqlite_url(index_dir / CATALOG_FILE)
 
 
