@@ -13,17 +13,20 @@ import typer
 from indexer.errors import ImageInputError
 
 
-def _open_image(path: Path) -> npt.NDArray[np.uint8]:
-    """The rendered image of a DICOM, PNG, JPEG, TIFF or BMP file (its first frame kept)."""
-    from indexer.imaging import decode_path
+def open_images(paths: list[Path]) -> list[npt.NDArray[np.uint8]]:
+    """The rendered images of DICOM, PNG, JPEG, TIFF or BMP files (the middle frame of a
+    multi-frame object), decoded in a guarded worker process."""
+    from indexer.imaging.guard import decode_files_guarded
     from indexer.settings import ImagingSettings
 
-    if not path.is_file():
-        raise ImageInputError(f"{path}: no such file")
-    result = decode_path(path, ImagingSettings())
-    if not result.ok:
-        raise ImageInputError(f"{path}: {result.reason}: {result.detail}".rstrip(": "))
-    return result.images[0].pixels
+    for path in paths:
+        if not path.is_file():
+            raise ImageInputError(f"{path}: no such file")
+    results = decode_files_guarded(paths, ImagingSettings())
+    for path, result in zip(paths, results, strict=True):
+        if not result.ok:
+            raise ImageInputError(f"{path}: {result.reason}: {result.detail}".rstrip(": "))
+    return [result.images[0].pixels for result in results]
 
 
 def embed(
@@ -50,7 +53,7 @@ def embed(
         raise typer.BadParameter("--provider must be auto, cpu or cuda")
     chosen: Literal["auto", "cpu", "cuda"] = provider  # type: ignore[assignment]
     encoder = Encoder.load(model, EncoderSettings(provider=chosen))
-    images = [_open_image(p) for p in image]
+    images = open_images(image) if image else []
     out = {
         "image_features": encoder.embed_images(images, recipe).tolist() if images else [],
         "text_features": encoder.embed_texts(text).tolist() if text else [],

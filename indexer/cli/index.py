@@ -225,7 +225,7 @@ def search_cmd(
     modality: Annotated[list[str] | None, typer.Option(help="filter (repeatable)")] = None,
 ) -> None:
     """Nearest neighbours of a text or an image, without the server (JSON lines)."""
-    from indexer.cli.embed import _open_image
+    from indexer.cli.embed import open_images
     from indexer.encoders.encoder import Encoder
     from indexer.pipeline.runner import open_catalog
     from indexer.settings import EncoderSettings
@@ -243,7 +243,7 @@ def search_cmd(
             vector = encoder.embed_texts([text])[0]
         else:
             assert image is not None
-            vector = encoder.embed_images([_open_image(image)], searcher.binding.recipe)[0]
+            vector = encoder.embed_images(open_images([image]), searcher.binding.recipe)[0]
         hits = searcher.search(vector, k, filters=Filters(modality=modality or None))
         for hit in hits:
             row = hit.item

@@ -31,13 +31,13 @@ def preview(
     VOI used, frame, size). Multi-frame objects give their middle frame unless
     --all-frames is given (then OUT-frameNNNN.png per frame).
     """
-    from indexer.imaging import decode_path
+    from indexer.imaging.guard import decode_files_guarded
     from indexer.settings import ImagingSettings
 
     if not file.is_file():
         raise ImageInputError(f"{file}: no such file")
     settings = ImagingSettings(frames="all" if all_frames else "middle")
-    result = decode_path(file, settings)
+    (result,) = decode_files_guarded([file], settings)  # a crashing codec is a refusal
     if not result.ok:
         why = f"{result.reason}: {result.detail}".rstrip(": ")
         raise ImageInputError(f"{file}: not rendered: {why}")

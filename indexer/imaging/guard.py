@@ -18,10 +18,11 @@ import logging
 import multiprocessing as mp
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from indexer.imaging.decode import decode_bytes, decode_path
@@ -168,3 +169,15 @@ class DecoderPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def decode_files_guarded(
+    paths: Sequence[str | Path], settings: ImagingSettings
+) -> list[DecodeResult]:
+    """Decode files one after another in one short-lived guarded worker (CLI commands):
+    a codec that crashes, hangs or balloons gives a refusal, not a dead process."""
+    worker = DecoderWorker(settings)
+    try:
+        return [worker.decode(DecodeJob(path=str(path))) for path in paths]
+    finally:
+        worker.close()

@@ -11,8 +11,10 @@ from pydicom.data import get_testdata_file
 
 from indexer.encoders.encoder import Encoder
 from indexer.imaging import decode_path
+from indexer.imaging.types import Reason
 from indexer.settings import ImagingSettings
 from tests.cli.test_cli_embed import medsearch
+from tests.imaging.bombs import write_memory_bomb
 
 
 def _file(name: str) -> str:
@@ -47,6 +49,36 @@ def test_preview_refuses_an_object_without_pixels(tmp_path: Path) -> None:
     run = medsearch("preview", _file("rtplan.dcm"), "-o", str(tmp_path / "x.png"))
     assert run.returncode == 2
     assert "no image" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_preview_and_embed_refuse_a_memory_bomb(test_model_dir: Path, tmp_path: Path) -> None:
+    """A file whose header claims 4.6 GB of pixels is refused with a reason; clean exit."""
+    bomb = str(write_memory_bomb(tmp_path / "bomb.dcm"))
+    env = {"MEDSEARCH_DECODE_MEMORY_MB": "512", "MEDSEARCH_MAX_FRAMES": "64"}
+    runs = [
+        medsearch("preview", bomb, "-o", str(tmp_path / "b.png"), "--all-frames", env=env),
+        medsearch("embed", "--model", str(test_model_dir), "--image", bomb, env=env),
+    ]
+    for run in runs:
+        assert run.returncode == 2, run.stderr
+        assert "bomb.dcm" in run.stderr and "Traceback" not in run.stderr
+        assert any(reason.value in run.stderr for reason in Reason), run.stderr
+    assert not (tmp_path / "b.png").exists()
+
+
+def test_preview_and_embed_decode_within_the_guard_budget(
+    test_model_dir: Path, tmp_path: Path
+) -> None:
+    """Decoding runs in the guarded worker, under its time budget (here absurdly small,
+    so that even a good file runs out of it): a refusal, never a hung or dead command."""
+    env = {"MEDSEARCH_DECODE_TIMEOUT_S": "0.001"}
+    ct = _file("CT_small.dcm")
+    for run in (
+        medsearch("preview", ct, "-o", str(tmp_path / "t.png"), env=env),
+        medsearch("embed", "--model", str(test_model_dir), "--image", ct, env=env),
+    ):
+        assert run.returncode == 2, run.stderr
+        assert Reason.TIMEOUT.value in run.stderr and "Traceback" not in run.stderr
 
 
 def test_embed_reads_dicom(test_model_dir: Path, encoder: Encoder) -> None:

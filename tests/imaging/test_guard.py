@@ -9,14 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.encaps import encapsulate
-from pydicom.uid import RLELossless
 
 from indexer.imaging.guard import DecodeJob, DecoderWorker
 from indexer.imaging.types import Reason
 from indexer.settings import ImagingSettings
+from tests.imaging.bombs import write_memory_bomb
 
 pytestmark = pytest.mark.slow
 
@@ -53,15 +51,7 @@ def test_a_killed_worker_is_replaced() -> None:
 
 
 def test_a_memory_bomb_is_refused(tmp_path: Path) -> None:
-    """An RLE object whose header claims 6000 x 6000 x 64 frames of 16 bits (4.6 GB)."""
-    ds = dcmread(get_testdata_file("MR_small_RLE.dcm"))
-    ds.Rows = ds.Columns = 6000
-    ds.NumberOfFrames = 64
-    frame = b"\x00" * 64  # a tiny RLE-ish fragment; the decoder allocates from the header
-    ds.PixelData = encapsulate([frame] * 64)
-    ds.file_meta.TransferSyntaxUID = RLELossless
-    out = tmp_path / "bomb.dcm"
-    ds.save_as(out, enforce_file_format=True)
+    out = write_memory_bomb(tmp_path / "bomb.dcm")
     worker = DecoderWorker(ImagingSettings(decode_memory_mb=512, frames="all", max_frames=64))
     try:
         result = worker.decode(DecodeJob(path=str(out)))
