@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.encoders.encoder import Encoder
+from indexer.errors import CatalogError, VectorIndexError
 from indexer.imaging.guard import DecoderPool
 from indexer.imaging.types import RENDER_POLICY
 from indexer.pipeline.decoder import decode_batch
@@ -29,8 +30,9 @@ from indexer.pipeline.reader import read_batches
 from indexer.pipeline.writer import write_batch
 from indexer.settings import EncoderSettings, ImagingSettings
 from indexer.sources import SidecarTable
-from indexer.store.catalog import Catalog, ModelBinding, catalog_url
-from indexer.store.sync import sync_index
+from indexer.store import db
+from indexer.store.catalog import CATALOG_FILE, Catalog, ModelBinding, catalog_url
+from indexer.store.sync import index_store, sync_index
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +84,27 @@ class BuildReport:
 
 
 def open_catalog(index_dir: Path) -> Catalog:
+    """The catalog of ``index_dir``, checked to be the one its published index came from."""
     index_dir.mkdir(parents=True, exist_ok=True)
-    return Catalog.open(catalog_url(index_dir))
+    url = catalog_url(index_dir)
+    try:
+        published = index_store(index_dir).current()
+    except VectorIndexError:  # damaged: `index verify` says so, `index rebuild` repairs it
+        published = None
+    own_file = index_dir / CATALOG_FILE
+    if published is not None and url == db.sqlite_url(own_file) and not own_file.exists():
+        raise CatalogError(
+            f"{index_dir} holds an index but not its catalog ({CATALOG_FILE}): restore "
+            "the file, or set MEDSEARCH_CATALOG_URL if the catalog is on a server"
+        )
+    catalog = Catalog.open(url)
+    if published is not None:
+        try:
+            catalog.check_index(published.catalog_id, index_dir)
+        except CatalogError:
+            catalog.close()
+            raise
+    return catalog
 
 
 def binding_for(encoder: Encoder, recipe: str | None) -> ModelBinding:

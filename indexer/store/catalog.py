@@ -98,6 +98,24 @@ class Catalog:
                 info.model_fingerprint, info.embedding_dim, info.recipe, info.render_policy
             )
 
+    def catalog_id(self) -> str | None:
+        """This catalog's random id (set when a model is first bound)."""
+        with self.session() as s:
+            return s.scalar(select(CatalogInfo.catalog_id).limit(1))
+
+    def check_index(self, index_catalog_id: str | None, index_dir: Path) -> None:
+        """Refuse an index built from another catalog: a wrong ``MEDSEARCH_CATALOG_URL``
+        or a swapped catalog file would otherwise serve or update the wrong rows."""
+        if index_catalog_id is None:  # published before catalog ids existed
+            return
+        mine = self.catalog_id()
+        if mine != index_catalog_id:
+            this = "an empty catalog" if mine is None else f"catalog {mine[:12]}"
+            raise CatalogError(
+                f"the index in {index_dir} was built from catalog {index_catalog_id[:12]}, "
+                f"not from {this}: check MEDSEARCH_CATALOG_URL or the catalog file"
+            )
+
     def bind_model(self, binding: ModelBinding) -> None:
         """Record the model on first use; refuse a different one afterwards."""
         current = self.binding()

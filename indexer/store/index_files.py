@@ -71,6 +71,7 @@ class IndexManifest(BaseModel):
     facts: BuildFacts
     count: int  # vectors in the index now (facts.count is at build time)
     catalog_high_water: int  # the largest catalog id considered
+    catalog_id: str | None = None  # the catalog it was built from (None: before 0.1 rev 0002)
     model_fingerprint: str
     recipe: str
     render_policy: str

@@ -1,7 +1,9 @@
 """Catalog schema (SQLAlchemy 2). Alembic owns it: see ``migrations/``; never ``create_all``.
 
-- ``catalog_info``: one row per catalog, the model and rendering it holds embeddings of.
-  Mixing models is refused: every item must carry the catalog's fingerprint.
+- ``catalog_info``: one row per catalog, the model and rendering it holds embeddings of,
+  and the catalog's random id (recorded in each index manifest, so that an index is never
+  served or updated with another catalog's rows). Mixing models is refused: every item
+  must carry the catalog's fingerprint.
 - ``items``: one row per indexed image (a file, or one frame of a multi-frame DICOM). The
   row id is the FAISS vector id. ``identity`` is ``dicom:<SOP Instance UID>:<frame>`` or
   ``sha256:<content hash>`` for other files; unique per model fingerprint and recipe.
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 from sqlalchemy import (
@@ -36,6 +39,10 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def new_catalog_id() -> str:
+    return uuid.uuid4().hex
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -49,6 +56,8 @@ class CatalogInfo(Base):
     recipe: Mapped[str] = mapped_column(String(32))
     render_policy: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # nullable only for rows that predate revision 0002, which fills them in
+    catalog_id: Mapped[str | None] = mapped_column(String(32), default=new_catalog_id)
 
 
 class Run(Base):

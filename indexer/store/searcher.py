@@ -41,6 +41,7 @@ class Searcher:
         self._store = index_store(index_dir)
         self._lock = threading.Lock()
         self._loaded: LoadedIndex = self._store.load()
+        catalog.check_index(self._loaded.manifest.catalog_id, index_dir)
         binding = catalog.binding()
         if binding is None:
             raise CatalogError("the catalog has no model bound: build the index first")
@@ -63,6 +64,7 @@ class Searcher:
             return False
         with self._lock:
             loaded = self._store.load()
+            self.catalog.check_index(loaded.manifest.catalog_id, self.index_dir)
             self._loaded = loaded  # one reference swap: searches in flight keep the old one
         logger.info("switched to index version %s", loaded.manifest.version)
         return True

@@ -41,8 +41,9 @@ def _all_vectors(catalog: Catalog, upto: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ids), np.concatenate(vecs)
 
 
-def _extra(binding: ModelBinding, high_water: int, count: int) -> dict[str, Any]:
+def _extra(catalog: Catalog, binding: ModelBinding, high_water: int, count: int) -> dict[str, Any]:
     return {
+        "catalog_id": catalog.catalog_id(),
         "catalog_high_water": high_water,
         "count": count,
         "model_fingerprint": binding.model_fingerprint,
@@ -59,7 +60,7 @@ def full_build(
     ids, vectors = _all_vectors(catalog, high_water)
     built = build_index(ids, vectors, compress=compress)
     logger.info("built %s index of %d vectors", built.facts.kind, len(ids))
-    return store.publish(built, _extra(binding, high_water, len(ids)))
+    return store.publish(built, _extra(catalog, binding, high_water, len(ids)))
 
 
 def _needs_full_build(manifest: IndexManifest, binding: ModelBinding, n_active: int) -> str:
@@ -114,4 +115,4 @@ def sync_index(
     built = BuiltIndex(index=loaded.index, facts=manifest.facts)
     count = int(loaded.index.ntotal)
     logger.info("index update: %d added, %d removed, %d total", added, removed, count)
-    return store.publish(built, _extra(binding, high_water, count)).model_dump(mode="json")
+    return store.publish(built, _extra(catalog, binding, high_water, count)).model_dump(mode="json")

@@ -51,3 +51,23 @@ def test_db_upgrade_command(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "empty -> " in run.stdout
     assert (tmp_path / "catalog.sqlite3").exists()
+
+
+def test_revision_0002_gives_an_existing_catalog_its_id(tmp_path: Path) -> None:
+    url = db.sqlite_url(tmp_path / "c.sqlite3")
+    engine = db.make_engine(url)
+    db.upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO catalog_info (model_fingerprint, embedding_dim, recipe, "
+            "render_policy, created_at) VALUES ('f', 8, 'reference', 'viewer-v1', "
+            "'2026-01-01 00:00:00')"
+        )
+    db.upgrade(engine)
+    engine.dispose()
+    catalog = Catalog.open(url)
+    try:
+        first = catalog.catalog_id()
+        assert first is not None and len(first) == 32 and int(first, 16) >= 0
+    finally:
+        catalog.close()
