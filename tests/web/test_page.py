@@ -104,6 +104,17 @@ def test_text_query_shows_results_with_thumbnails(browser: Any, base_url: str) -
     _shot(browser, "text-search")
 
 
+def _first_is_itself(browser: Any, name: str) -> Any:
+    """The first result card is the uploaded file itself, with score 1.000."""
+    from selenium.webdriver.common.by import By
+
+    first = _cards(browser)[0]
+    source = first.find_element(By.CSS_SELECTOR, ".source").get_attribute("title")
+    assert source.endswith("/" + name), source
+    assert first.find_element(By.CSS_SELECTOR, ".score").text == "score 1.000"
+    return first
+
+
 def test_upload_of_an_indexed_dicom_finds_it_first(browser: Any, base_url: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -112,13 +123,7 @@ def test_upload_of_an_indexed_dicom_finds_it_first(browser: Any, base_url: str) 
     assert path is not None
     browser.find_element(By.ID, "file").send_keys(path)
     _wait(browser, lambda d: len(_cards(d)) > 0)
-    first = _cards(browser)[0]
-    assert (
-        first.find_element(By.CSS_SELECTOR, ".source")
-        .get_attribute("title")
-        .endswith("/MR_small.dcm")
-    )
-    assert first.find_element(By.CSS_SELECTOR, ".score").text == "score 1.000"
+    first = _first_is_itself(browser, "MR_small.dcm")
     viewer = first.find_element(By.CSS_SELECTOR, "a.viewer")
     study = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
     assert viewer.is_displayed()
@@ -143,13 +148,7 @@ def test_dropping_a_file_searches_with_it(browser: Any, base_url: str) -> None:
         data,
     )
     _wait(browser, lambda d: "like CT_small.dcm" in d.find_element(By.ID, "status").text)
-    first = _cards(browser)[0]
-    assert (
-        first.find_element(By.CSS_SELECTOR, ".source")
-        .get_attribute("title")
-        .endswith("/CT_small.dcm")
-    )
-    assert first.find_element(By.CSS_SELECTOR, ".score").text == "score 1.000"
+    _first_is_itself(browser, "CT_small.dcm")
 
 
 def test_filters_narrow_the_results(browser: Any, base_url: str) -> None:
