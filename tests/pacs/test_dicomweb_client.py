@@ -5,7 +5,6 @@ behaves like a busy or strict PACS: 429 with Retry-After is waited out and retri
 from __future__ import annotations
 
 import http.server
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from pydantic import SecretStr
 
 from indexer.errors import SourceError, SourceUnavailableError
 from indexer.sources.dicomweb_client import DicomWebClient, DicomWebSettings
-from tests.service.live import free_port
+from tests.service.live import http_server
 
 
 class _Pacs(http.server.BaseHTTPRequestHandler):
@@ -44,15 +43,8 @@ class _Pacs(http.server.BaseHTTPRequestHandler):
 @contextmanager
 def pacs(statuses: list[tuple[int, dict[str, str]]]) -> Iterator[str]:
     _Pacs.statuses, _Pacs.seen = list(statuses), []
-    port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Pacs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}/dicom-web"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(_Pacs) as base:
+        yield f"{base}/dicom-web"
 
 
 def test_429_waits_for_retry_after_then_succeeds() -> None:
@@ -133,17 +125,10 @@ class _BigInstance(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize("series", ["4.5", "4.6"])
 def test_an_instance_over_the_limit_is_refused_while_reading(series: str) -> None:
-    port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _BigInstance)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(_BigInstance) as base:
         settings = DicomWebSettings(max_instance_bytes=1 << 20, retries=0)
-        client = DicomWebClient(f"http://127.0.0.1:{port}/dicom-web", settings)
+        client = DicomWebClient(f"{base}/dicom-web", settings)
         with pytest.raises(SourceError, match="larger than the limit") as raised:
             client.instance("1.2.3", series, "6.7")
         assert not isinstance(raised.value, SourceUnavailableError)
         client.close()
-    finally:
-        server.shutdown()
-        server.server_close()

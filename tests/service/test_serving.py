@@ -8,7 +8,7 @@ import base64
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -64,10 +64,10 @@ def _text(base: str, text: str) -> httpx.Response:
     return httpx.post(f"{base}/v1/search/text", json={"text": text, "k": 3}, timeout=60)
 
 
-def _until(condition: object, timeout: float = 10.0) -> None:
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if callable(condition) and condition():
+        if condition():
             return
         time.sleep(0.02)
     raise AssertionError("condition not reached")

@@ -26,7 +26,7 @@ from indexer.store.models import Item
 from indexer.store.searcher import Searcher
 from indexer.store.verify import verify
 from service.app import create_app
-from tests.pipeline.conftest import TEST_MODEL, corpus_dir, options
+from tests.pipeline.conftest import corpus_dir, options
 from tests.service.conftest import settings_for
 from tests.store.postgres import PASSWORD, postgres
 
@@ -113,7 +113,7 @@ def test_build_on_postgres_matches_the_sqlite_build(
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert PASSWORD not in cli.stdout + cli.stderr
 
-    app = create_app(settings_for(index_dir, catalog_url=pg_url, model_dir=TEST_MODEL))
+    app = create_app(settings_for(index_dir, catalog_url=pg_url))
     with TestClient(app) as client:
         with open(path, "rb") as f:
             r = client.post("/v1/search/image", files={"file": ("MR_small.dcm", f)})
