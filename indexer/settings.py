@@ -87,6 +87,16 @@ class ImagingSettings(BaseSettings):
             )
         return sorted(set(value))
 
+    @field_validator("patient_hash_salt", mode="before")
+    @classmethod
+    def _empty_salt_is_unset(cls, value: object) -> object:
+        # docker-compose passes an empty value for an unset variable
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
+
     @field_validator("patient_hash_salt")
     @classmethod
     def _salt_long_enough(cls, value: SecretStr | None) -> SecretStr | None:

@@ -10,19 +10,20 @@ import numpy as np
 import numpy.typing as npt
 import typer
 
+from indexer.encoders.preprocess import Recipe
 from indexer.errors import ImageInputError
 
 
-def open_images(paths: list[Path]) -> list[npt.NDArray[np.uint8]]:
-    """The rendered images of DICOM, PNG, JPEG, TIFF or BMP files (the middle frame of a
-    multi-frame object), decoded in a guarded worker process."""
+def open_images(paths: list[Path], recipe: Recipe) -> list[npt.NDArray[np.uint8]]:
+    """The model's inputs for ``recipe`` of DICOM, PNG, JPEG, TIFF or BMP files (the
+    middle frame of a multi-frame object), decoded and prepared in a guarded worker."""
     from indexer.imaging.guard import decode_files_guarded
     from indexer.settings import ImagingSettings
 
     for path in paths:
         if not path.is_file():
             raise ImageInputError(f"{path}: no such file")
-    results = decode_files_guarded(paths, ImagingSettings())
+    results = decode_files_guarded(paths, ImagingSettings(), recipe)
     for path, result in zip(paths, results, strict=True):
         if not result.ok:
             raise ImageInputError(f"{path}: {result.reason}: {result.detail}".rstrip(": "))
@@ -53,9 +54,12 @@ def embed(
         raise typer.BadParameter("--provider must be auto, cpu or cuda")
     chosen: Literal["auto", "cpu", "cuda"] = provider  # type: ignore[assignment]
     encoder = Encoder.load(model, EncoderSettings(provider=chosen))
-    images = open_images(image) if image else []
+    chosen_recipe = encoder.recipe(recipe)
+    images = open_images(image, chosen_recipe) if image else []
     out = {
-        "image_features": encoder.embed_images(images, recipe).tolist() if images else [],
+        "image_features": (
+            encoder.embed_inputs(images, chosen_recipe.name).tolist() if images else []
+        ),
         "text_features": encoder.embed_texts(text).tolist() if text else [],
         "scaling_factor": encoder.logit_scale,
     }

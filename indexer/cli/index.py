@@ -34,9 +34,18 @@ def _build(
     frames: str,
     report: Path | None,
     progress: bool,
+    retry_failed: bool = False,
+    retry_reasons: list[str] | None = None,
 ) -> None:
     from indexer.pipeline.runner import BuildOptions, run_build
     from indexer.settings import ImagingSettings
+    from indexer.store.retries import ALL, RetryPolicy
+
+    forced = list(retry_reasons or []) + ([ALL] if retry_failed else [])
+    try:
+        retry = RetryPolicy.forcing(forced)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--retry-reason") from None
 
     if frames not in ("middle", "all"):
         raise typer.BadParameter("--frames must be middle or all")
@@ -53,6 +62,7 @@ def _build(
         imaging=ImagingSettings(frames=chosen),
         progress=progress,
         command=command,
+        retry=retry,
     )
     result = run_build(options).to_dict()
     result.pop("batches")
@@ -81,11 +91,22 @@ def build(
     frames: Annotated[str, typer.Option(help="multi-frame DICOM: middle or all")] = "middle",
     report: Annotated[Path | None, typer.Option(help="write the run report (JSON)")] = None,
     progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
+    retry_failed: Annotated[
+        bool, typer.Option(help="retry every failed source, whatever its reason and attempts")
+    ] = False,
+    retry_reason: Annotated[
+        list[str] | None,
+        typer.Option(help="retry the failures with this reason, e.g. corrupt (repeatable)"),
+    ] = None,
 ) -> None:
-    """Index SOURCES into --index (resumable: rerun after a crash to continue)."""
+    """Index SOURCES into --index (resumable: rerun after a crash to continue).
+
+    Sources that failed for a transient reason (decoder crashed, decode timeout, decode
+    memory limit, cannot read source, internal error) are retried by later runs, up to 3
+    attempts in all; other failures only with --retry-failed or --retry-reason."""
     _build(
         "build", sources, index, model, workers, batch_size, rebuild, metadata, key, frames,
-        report, progress,
+        report, progress, retry_failed, retry_reason,
     )  # fmt: skip
 
 
@@ -122,7 +143,7 @@ def remove(
 
     if not uid and not source_prefix:
         raise typer.BadParameter("give --uid or --source-prefix")
-    catalog = open_catalog(index)
+    catalog = open_catalog(index, create=False)
     try:
         removed = catalog.remove(uids=uid or [], source_prefix=source_prefix)
         binding = catalog.binding()
@@ -146,7 +167,7 @@ def rebuild(
     from indexer.pipeline.runner import open_catalog
     from indexer.store.sync import sync_index
 
-    catalog = open_catalog(index)
+    catalog = open_catalog(index, create=False)
     try:
         binding = catalog.binding()
         if binding is None:
@@ -171,7 +192,7 @@ def stats(index: IndexOpt, as_json: Annotated[bool, typer.Option("--json")] = Fa
     from indexer.pipeline.runner import open_catalog
     from indexer.store.sync import index_store
 
-    catalog = open_catalog(index)
+    catalog = open_catalog(index, read_only=True)
     try:
         out = catalog.stats()
         binding = catalog.binding()
@@ -205,7 +226,7 @@ def verify(
     from indexer.pipeline.runner import open_catalog
     from indexer.store.verify import verify as run_verify
 
-    catalog = open_catalog(index)
+    catalog = open_catalog(index, read_only=True)
     try:
         report = run_verify(index, catalog, probes=probes)
     finally:
@@ -234,7 +255,7 @@ def search_cmd(
 
     if (text is None) == (image is None):
         raise typer.BadParameter("give exactly one of --text or --image")
-    catalog = open_catalog(index)
+    catalog = open_catalog(index, read_only=True)
     try:
         searcher = Searcher(index, catalog)
         encoder = Encoder.load(model, EncoderSettings())
@@ -243,7 +264,8 @@ def search_cmd(
             vector = encoder.embed_texts([text])[0]
         else:
             assert image is not None
-            vector = encoder.embed_images(open_images([image]), searcher.binding.recipe)[0]
+            recipe = encoder.recipe(searcher.binding.recipe)
+            vector = encoder.embed_inputs(open_images([image], recipe), recipe.name)[0]
         hits = searcher.search(vector, k, filters=Filters(modality=modality or None))
         for hit in hits:
             row = hit.item

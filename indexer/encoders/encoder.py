@@ -19,7 +19,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from indexer.encoders.manifest import Manifest, read_manifest, verify_files
-from indexer.encoders.preprocess import Recipe, builtin_test_image, preprocess_batch
+from indexer.encoders.preprocess import Recipe, builtin_test_image, normalise, prepare
 from indexer.encoders.sessions import CUDA, SessionOptions, create_session
 from indexer.encoders.tokenizer import ClipTokenizer
 from indexer.errors import ManifestError, SelfTestError, TextInputError
@@ -142,11 +142,17 @@ class Encoder:
     def embed_images(self, images: Sequence[ImageInput], recipe: str | None = None) -> Embeddings:
         """L2-normalised embeddings (N, D) of images of any mode (see ``preprocess``)."""
         rec = self.recipe(recipe)
+        return self.embed_inputs([prepare(image, rec) for image in images], rec.name)
+
+    def embed_inputs(
+        self, inputs: Sequence[npt.NDArray[np.uint8]], recipe: str | None = None
+    ) -> Embeddings:
+        """Embeddings of prepared inputs (``uint8`` at the input size, grey or RGB; see
+        :func:`~indexer.encoders.preprocess.prepare`), as decoder workers hand them over."""
+        rec = self.recipe(recipe)
         out = []
-        for start in range(0, len(images), self.batch_size):
-            out.append(
-                self.embed_pixels(preprocess_batch(images[start : start + self.batch_size], rec))
-            )
+        for start in range(0, len(inputs), self.batch_size):
+            out.append(self.embed_pixels(normalise(inputs[start : start + self.batch_size], rec)))
         return _stack(out, self.manifest.embedding_dim)
 
     def embed_texts(self, texts: Sequence[str]) -> Embeddings:

@@ -13,6 +13,8 @@ import hashlib
 import io
 import logging
 import os
+import struct
+import zlib
 from typing import BinaryIO
 
 from indexer.errors import ImageRefused
@@ -57,6 +59,35 @@ def _decode_stream(fp: BinaryIO, head: bytes, settings: ImagingSettings) -> list
     return [decode_raster(fp, settings)]
 
 
+def _is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from reading untrusted bytes (a codec or parser refusing them)
+    rather than from a bug in medsearch's own code.
+
+    A codec or parser error is raised inside the library (pydicom, Pillow, a codec) or is
+    of a type that parsers raise on bad input. An exception raised in medsearch's own
+    frames, or of a type that signals a programming error (``TypeError``, ``KeyError``,
+    ``AttributeError``, ...) raised outside the parsers, is a bug.
+    """
+    if type(exc).__name__ == "PanicException":  # a Rust codec's panic (pyo3)
+        return True
+    frame = exc.__traceback__
+    module = ""
+    while frame is not None:
+        module = str(frame.tb_frame.f_globals.get("__name__", ""))
+        frame = frame.tb_next
+    if module.startswith("indexer."):
+        return False
+    if module.split(".")[0] in _PARSER_MODULES:
+        return True
+    return isinstance(exc, _DATA_ERRORS)
+
+
+_PARSER_MODULES = frozenset(
+    {"pydicom", "PIL", "pylibjpeg", "openjpeg", "libjpeg", "rle", "gdcm", "jpeg_ls", "zlib"}
+)
+_DATA_ERRORS = (ValueError, EOFError, OSError, OverflowError, struct.error, zlib.error)
+
+
 def _result(fp: BinaryIO, info: FileInfo, settings: ImagingSettings) -> DecodeResult:
     if info.size == 0:
         return DecodeResult(file=info, reason=Reason.EMPTY)
@@ -71,10 +102,13 @@ def _result(fp: BinaryIO, info: FileInfo, settings: ImagingSettings) -> DecodeRe
         return DecodeResult(file=info, reason=Reason.CORRUPT, detail="nesting too deep")
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as exc:  # noqa: BLE001 - the boundary for untrusted bytes; a Rust
+    except BaseException as exc:  # the boundary for untrusted bytes; a Rust
         # codec's panic (pyo3 PanicException) derives from BaseException, not Exception
-        logger.warning("unexpected %s while decoding; refused", type(exc).__name__)
-        return DecodeResult(file=info, reason=Reason.CORRUPT, detail=type(exc).__name__)
+        if _is_data_error(exc):
+            logger.debug("%s while decoding; refused as corrupt", type(exc).__name__)
+            return DecodeResult(file=info, reason=Reason.CORRUPT, detail=type(exc).__name__)
+        logger.error("bug while decoding (%s); please report it", type(exc).__name__, exc_info=exc)
+        return DecodeResult(file=info, reason=Reason.INTERNAL, detail=type(exc).__name__)
     return DecodeResult(file=info, images=images)
 
 

@@ -156,7 +156,8 @@ def decode_dicom(fp: str | BinaryIO, settings: ImagingSettings) -> list[DecodedI
             raise ImageRefused(Reason.UNDECODABLE, f"decoded shape {pixels.shape[:2]}")
         meta = dicom_metadata(ds, width=cols, height=rows, frame=index + 1, settings=settings)
         meta.voi = voi
-        images.append(DecodedImage(pixels=pixels, metadata=meta))
+        grey = voi != "none"  # render_frame names a VOI for grey frames only
+        images.append(DecodedImage(pixels=pixels, metadata=meta, grey=grey))
     return images
 
 

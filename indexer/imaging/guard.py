@@ -8,8 +8,28 @@ address-space limit (``RLIMIT_AS``, ``decode_memory_mb``); the parent waits at m
 allocation over the limit fails inside the worker (``decode memory limit``). The batch
 goes on in every case. :class:`DecoderPool` runs several workers from threads.
 
+A job never inherits another job's failure:
+
+- a worker found dead before a job is replaced before the job is sent;
+- a worker that ran out of memory is replaced (its heap is left fragmented near the limit),
+  and so is one whose address space grew by more than a quarter of ``decode_memory_mb``
+  since it started (:data:`GROWTH_FRACTION`), before it takes the next job;
+- a job whose worker crashed or ran out of memory after serving earlier jobs is tried once
+  more on a fresh worker; only a failure on a fresh worker is the job's.
+
+What a job hands back is chosen by the job (:class:`DecodeJob`): the full rendering, the
+model's input for a recipe (480x480 ``uint8``, grey kept as one channel), or a thumbnail.
+Only that crosses the process boundary, never full-resolution pixels that the caller
+does not need.
+
+Codec libraries write to the terminal (``Invalid number of tiles``, pydicom warnings) and a
+dying worker prints its traceback: a worker's standard output and error go to a capture
+file instead, read after each job and logged at DEBUG level with quoted values redacted
+(a pydicom warning may quote an attribute value). A crash is reported in one line.
+
 Workers are started with ``spawn``: they share nothing with a parent that may hold ONNX
-Runtime threads or open databases.
+Runtime threads or open databases. Their settings cross as JSON without secrets; the
+patient-hash salt is passed on its own (a ``SecretStr`` serialises masked).
 """
 
 from __future__ import annotations
@@ -17,27 +37,50 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import re
+import tempfile
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+from pydantic import SecretStr
+
+from indexer.encoders.preprocess import Recipe, prepare
+from indexer.errors import ImageInputError
 from indexer.imaging.decode import decode_bytes, decode_path
-from indexer.imaging.types import DecodeResult, FileInfo, Reason
+from indexer.imaging.types import DecodedImage, DecodeResult, FileInfo, Reason
 from indexer.settings import ImagingSettings
 
 logger = logging.getLogger(__name__)
 
+GROWTH_FRACTION = 0.25
+"""A worker whose address space grew by more than this share of ``decode_memory_mb`` since
+it started is replaced before its next job."""
+MEMORY_EXIT = 75  # a worker's exit code after it met its memory limit
+CAPTURE_BYTES = 64 * 1024  # most codec output read back per job
+_QUOTED = re.compile(r"""(['"]).*?\1""")
+
 
 @dataclass(frozen=True)
 class DecodeJob:
-    """A file to decode: a path on disk, or bytes (archive members)."""
+    """A file to decode: a path on disk, or bytes (archive members, uploads).
+
+    ``recipe``: hand back the model's input for it instead of the rendering;
+    ``thumbnail``: hand back the rendering shrunk to at most this many pixels a side.
+    """
 
     path: str | None = None
     data: bytes | None = None
+    recipe: Recipe | None = None
+    thumbnail: int | None = None
 
 
 def _limit_memory(megabytes: int) -> None:
@@ -50,50 +93,116 @@ def _limit_memory(megabytes: int) -> None:
         logging.getLogger(__name__).warning("no memory limit for decoders: %s", exc)
 
 
-def _serve(conn: Connection, settings_json: str) -> None:
-    """Worker main loop: decode jobs until the pipe closes."""
+def _address_space() -> int:
+    """This process's virtual size in bytes (what ``RLIMIT_AS`` counts), 0 if unknown."""
+    try:
+        with open("/proc/self/statm", "rb") as fp:
+            return int(fp.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _capture_output(path: str) -> None:
+    """Send this process's fd 1 and 2 (C codecs, warnings, tracebacks) to ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    warnings.simplefilter("always")  # one line per item, not once per process
+
+
+def _thumbnail(pixels: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
+    img = Image.fromarray(pixels)
+    img.thumbnail((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def hand_over(result: DecodeResult, job: DecodeJob) -> DecodeResult:
+    """What of ``result`` the job asked for (see :class:`DecodeJob`)."""
+    if not result.ok or (job.recipe is None and job.thumbnail is None):
+        return result
+    images: list[DecodedImage] = []
+    try:
+        for image in result.images:
+            if job.recipe is not None:
+                pixels = prepare(image.pixels, job.recipe, grey=image.grey)
+                images.append(replace(image, pixels=pixels, recipe=job.recipe.name))
+            elif job.thumbnail is not None:
+                images.append(replace(image, pixels=_thumbnail(image.pixels, job.thumbnail)))
+    except ImageInputError as exc:
+        return DecodeResult(file=result.file, reason=Reason.UNDECODABLE, detail=str(exc))
+    return replace(result, images=images)
+
+
+def _serve(conn: Connection, settings_json: str, salt: str | None, capture: str) -> None:
+    """Worker main loop: decode jobs until the pipe closes.
+
+    A worker that meets its memory limit exits at once with :data:`MEMORY_EXIT` (a codec
+    may have leaked what it allocated, leaving too little even to answer): the parent
+    reads that as ``decode memory limit``.
+    """
+    _capture_output(capture)
     settings = ImagingSettings.model_validate_json(settings_json)
+    if salt is not None:
+        settings = settings.model_copy(update={"patient_hash_salt": SecretStr(salt)})
     _limit_memory(settings.decode_memory_mb)
     while True:
         try:
             job: DecodeJob = conn.recv()
         except (EOFError, OSError):
             return
+        except MemoryError:
+            os._exit(MEMORY_EXIT)
         try:
             if job.path is not None:
                 result = decode_path(job.path, settings)
             else:
                 result = decode_bytes(job.data or b"", settings)
+            if result.reason == Reason.MEMORY:
+                os._exit(MEMORY_EXIT)
+            conn.send((hand_over(result, job), _address_space()))
         except MemoryError:
-            result = DecodeResult(file=FileInfo("", 0), reason=Reason.MEMORY)
+            os._exit(MEMORY_EXIT)
         except OSError as exc:
             detail = exc.strerror or type(exc).__name__
-            result = DecodeResult(file=FileInfo("", 0), reason=Reason.CORRUPT, detail=detail)
-        try:
-            conn.send(result)
-        except MemoryError:
-            conn.send(DecodeResult(file=result.file, reason=Reason.MEMORY))
+            failed = DecodeResult(file=FileInfo("", 0), reason=Reason.CORRUPT, detail=detail)
+            conn.send((failed, _address_space()))
+
+
+def _redact(line: str) -> str:
+    return _QUOTED.sub("'…'", line.strip())[:200]
 
 
 class DecoderWorker:
-    """One decoder process, restarted after a timeout or a crash."""
+    """One decoder process, replaced after a timeout, a crash, or too much growth."""
 
     def __init__(self, settings: ImagingSettings) -> None:
         self.settings = settings
-        self._settings_json = settings.model_dump_json()
+        self._settings_json = settings.model_dump_json(exclude={"patient_hash_salt"})
+        secret = settings.patient_hash_salt
+        self._salt = secret.get_secret_value() if secret is not None else None
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
         self._conn: Connection | None = None
+        self._served = 0  # jobs answered by the current process
+        self._base_vm = 0  # its address space after its first job
+        fd, self._capture = tempfile.mkstemp(prefix="medsearch-decoder-", suffix=".log")
+        os.close(fd)
         self.restarts = 0
+        self.recycled = 0
 
     def _start(self) -> Connection:
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(
-            target=_serve, args=(child, self._settings_json), daemon=True, name="medsearch-decoder"
+            target=_serve,
+            args=(child, self._settings_json, self._salt, self._capture),
+            daemon=True,
+            name="medsearch-decoder",
         )
         self._proc.start()
         child.close()
         self._conn = parent
+        self._served, self._base_vm = 0, 0
         return parent
 
     def _kill(self) -> None:
@@ -104,22 +213,68 @@ class DecoderWorker:
             self._conn.close()
         self._proc, self._conn = None, None
 
-    def decode(self, job: DecodeJob) -> DecodeResult:
-        conn = self._conn or self._start()
+    def _read_capture(self) -> list[str]:
+        try:
+            with open(self._capture, "rb") as fp:
+                text = fp.read(CAPTURE_BYTES).decode("utf-8", "replace")
+        except OSError:
+            return []
+        return [_redact(line) for line in text.splitlines() if line.strip()]
+
+    def _connection(self) -> Connection:
+        if self._proc is not None and not self._proc.is_alive():
+            logger.info("decoder worker found dead (exit code %s); replaced", self._proc.exitcode)
+            self._kill()  # died between jobs: not the next job's fault
+        return self._conn or self._start()
+
+    def _attempt(self, job: DecodeJob) -> DecodeResult:
+        conn = self._connection()
         info = FileInfo("", len(job.data) if job.data is not None else 0)
+        os.truncate(self._capture, 0)
         try:
             conn.send(job)
             if conn.poll(self.settings.decode_timeout_s):
-                result: DecodeResult = conn.recv()
-                return result
+                result, address_space = conn.recv()
+                self._after_job(result, address_space)
+                return result  # type: ignore[no-any-return]
             reason, detail = Reason.TIMEOUT, f"over {self.settings.decode_timeout_s:g} s"
         except (EOFError, OSError, BrokenPipeError):
+            if self._proc is not None:
+                self._proc.join(timeout=5)
             code = self._proc.exitcode if self._proc is not None else None
-            reason, detail = Reason.CRASHED, f"exit code {code}"
+            if code == MEMORY_EXIT:
+                reason, detail = Reason.MEMORY, f"over {self.settings.decode_memory_mb} MB"
+            else:
+                reason, detail = Reason.CRASHED, f"exit code {code}"
+                last = self._read_capture()
+                if last:
+                    detail += f": {last[-1]}"
         logger.warning("decoder worker replaced: %s (%s)", reason.value, detail)
         self._kill()
         self.restarts += 1
         return DecodeResult(file=info, reason=reason, detail=detail)
+
+    def _after_job(self, result: DecodeResult, address_space: int) -> None:
+        output = self._read_capture()
+        if output:
+            logger.debug("decoder output (%d lines): %s", len(output), " | ".join(output[:5]))
+        self._served += 1
+        self._base_vm = self._base_vm or address_space
+        limit = self.settings.decode_memory_mb * 1024 * 1024
+        if address_space - self._base_vm > GROWTH_FRACTION * limit:
+            logger.info("decoder worker recycled: grew to %d MB", address_space >> 20)
+            self._kill()
+            self.recycled += 1
+
+    def decode(self, job: DecodeJob) -> DecodeResult:
+        seasoned = self._proc is not None and self._served > 0
+        result = self._attempt(job)
+        if seasoned and result.reason in (Reason.CRASHED, Reason.MEMORY):
+            # the worker had served other jobs: try once more on a fresh one
+            logger.info("retrying a job on a fresh decoder worker after %s", result.reason)
+            self._kill()
+            result = self._attempt(job)
+        return result
 
     @property
     def pid(self) -> int | None:
@@ -128,6 +283,7 @@ class DecoderWorker:
 
     def close(self) -> None:
         self._kill()
+        Path(self._capture).unlink(missing_ok=True)
 
 
 class DecoderPool:
@@ -135,7 +291,8 @@ class DecoderPool:
 
     def __init__(self, settings: ImagingSettings, workers: int | None = None) -> None:
         count = workers or max(1, (os.cpu_count() or 1))
-        self._free: list[DecoderWorker] = [DecoderWorker(settings) for _ in range(count)]
+        self._all: list[DecoderWorker] = [DecoderWorker(settings) for _ in range(count)]
+        self._free: list[DecoderWorker] = list(self._all)
         self._lock = threading.Lock()
         self._threads = ThreadPoolExecutor(max_workers=count, thread_name_prefix="decode")
         self.workers = count
@@ -157,11 +314,11 @@ class DecoderPool:
 
     @property
     def restarts(self) -> int:
-        return sum(w.restarts for w in self._free)
+        return sum(w.restarts for w in self._all)
 
     def close(self) -> None:
         self._threads.shutdown(wait=True)
-        for worker in self._free:
+        for worker in self._all:
             worker.close()
 
     def __enter__(self) -> DecoderPool:
@@ -172,12 +329,12 @@ class DecoderPool:
 
 
 def decode_files_guarded(
-    paths: Sequence[str | Path], settings: ImagingSettings
+    paths: Sequence[str | Path], settings: ImagingSettings, recipe: Recipe | None = None
 ) -> list[DecodeResult]:
     """Decode files one after another in one short-lived guarded worker (CLI commands):
     a codec that crashes, hangs or balloons gives a refusal, not a dead process."""
     worker = DecoderWorker(settings)
     try:
-        return [worker.decode(DecodeJob(path=str(path))) for path in paths]
+        return [worker.decode(DecodeJob(path=str(path), recipe=recipe)) for path in paths]
     finally:
         worker.close()

@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from indexer.encoders.preprocess import to_rgb
+from indexer.encoders.preprocess import is_grey, to_rgb
 from indexer.errors import ImageInputError, ImageRefused
 from indexer.imaging.types import DecodedImage, ImageMetadata, Reason
 from indexer.settings import ImagingSettings
@@ -51,6 +51,7 @@ def decode_raster(fp: str | BinaryIO, settings: ImagingSettings) -> DecodedImage
             try:
                 img.load()
                 oriented = ImageOps.exif_transpose(img) or img
+                grey = is_grey(oriented)
                 rgb = to_rgb(oriented)
                 pixels = np.asarray(rgb, dtype=np.uint8).copy()
             except ImageInputError as exc:
@@ -63,4 +64,4 @@ def decode_raster(fp: str | BinaryIO, settings: ImagingSettings) -> DecodedImage
                 ) from None
     h, w = pixels.shape[:2]
     meta = ImageMetadata(format=fmt, width=w, height=h, voi="none")
-    return DecodedImage(pixels=pixels, metadata=meta)
+    return DecodedImage(pixels=pixels, metadata=meta, grey=grey)

@@ -32,6 +32,16 @@ class Reason(StrEnum):
     CRASHED = "decoder crashed"
     EMPTY = "empty file"
     UNREADABLE = "cannot read source"  # the archive member or PACS instance did not come
+    INTERNAL = "internal error"  # a bug in medsearch, not the file's fault (logged, retried)
+
+
+TRANSIENT_REASONS = frozenset(
+    {Reason.CRASHED, Reason.TIMEOUT, Reason.MEMORY, Reason.UNREADABLE, Reason.INTERNAL}
+)
+"""Reasons that may not be the file's fault (a worker that died, a busy machine, a source
+that did not answer, a bug): a later run tries the item again, up to a number of attempts.
+The others (``no image``, ``unsupported format``, ``corrupt``, ``too large``, ...) are the
+file's own and are not retried unless asked (``index build --retry-failed``)."""
 
 
 class ImageMetadata(BaseModel):
@@ -69,10 +79,17 @@ class ImageMetadata(BaseModel):
 
 @dataclass
 class DecodedImage:
-    """One rendered image: (H, W, 3) ``uint8`` RGB as the model will see it (pre-resize)."""
+    """One rendered image: (H, W, 3) ``uint8`` RGB as the model will see it (pre-resize).
+
+    A guarded worker may hand over less than the full rendering (see
+    :class:`indexer.imaging.guard.DecodeJob`): the model's input for ``recipe`` (480x480,
+    (H, W) when ``grey``), or a thumbnail. ``metadata`` always describes the full image.
+    """
 
     pixels: npt.NDArray[np.uint8]
     metadata: ImageMetadata
+    grey: bool = False  # rendered from one channel (R = G = B)
+    recipe: str | None = None  # set when ``pixels`` is the model's input for this recipe
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Encoder stage: rendered images of a batch to embeddings, in the encoder's batch size."""
+"""Encoder stage: the model inputs of a batch (prepared by the decoder workers) to embeddings."""
 
 from __future__ import annotations
 
@@ -16,4 +16,6 @@ def embed_batch(
 ) -> npt.NDArray[np.float32]:
     if not images:
         return np.zeros((0, encoder.manifest.embedding_dim), dtype=np.float32)
-    return encoder.embed_images([im.pixels for im in images], recipe)
+    if any(im.recipe != recipe for im in images):
+        raise ValueError(f"images were not prepared for recipe {recipe!r}")
+    return encoder.embed_inputs([im.pixels for im in images], recipe)

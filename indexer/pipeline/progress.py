@@ -19,12 +19,29 @@ from rich.progress import Progress as RichProgress
 
 from indexer.sources import open_source
 from indexer.sources.dicomweb import is_dicomweb
+from indexer.store.catalog import Catalog
+from indexer.store.retries import RetryPolicy
 
 
-def count_items(specs: Sequence[str], *, budget_s: float = 30.0) -> int | None:
-    """How many items the sources hold, if that is cheap to know (no tar, within budget)."""
+def count_items(
+    specs: Sequence[str],
+    catalog: Catalog,
+    retry: RetryPolicy | None = None,
+    *,
+    budget_s: float = 30.0,
+) -> int | None:
+    """How many items this run will read (the sources' items less those the catalog makes
+    it skip), if that is cheap to know (no tar, no PACS, within budget): a resumed run's
+    bar starts at 0 of what is left and ends at 100%."""
     deadline = time.monotonic() + budget_s
     total = 0
+    pending: list[str] = []
+
+    def flush() -> int:
+        todo = len(pending) - len(catalog.seen_sources(pending, retry))
+        pending.clear()
+        return todo
+
     for spec in specs:
         if any(spec.lower().endswith(s) for s in (".tar", ".gz", ".tgz", ".bz2", ".xz", ".txz")):
             return None
@@ -32,13 +49,15 @@ def count_items(specs: Sequence[str], *, budget_s: float = 30.0) -> int | None:
             return None
         source = open_source(spec)
         try:
-            for _ in source:
-                total += 1
+            for item in source:
+                pending.append(item.uri)
+                if len(pending) >= 500:
+                    total += flush()
                 if time.monotonic() > deadline:
                     return None
         finally:
             source.close()
-    return total
+    return total + flush()
 
 
 class Progress:

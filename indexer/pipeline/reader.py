@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from indexer.sources import SidecarTable, SourceItem, open_source
 from indexer.store.catalog import Catalog
+from indexer.store.retries import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +26,15 @@ def read_batches(
     batch_size: int,
     sidecar: SidecarTable | None = None,
     counts: dict[str, int] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Iterator[list[ReadItem]]:
-    """Batches of new items; an item already indexed or already failed is skipped."""
+    """Batches of new items; an item already indexed, or failed and not retried under
+    ``retry`` (see :mod:`indexer.store.retries`), is skipped."""
     counts = counts if counts is not None else {}
     pending: list[SourceItem] = []
 
     def flush() -> list[ReadItem]:
-        seen = catalog.seen_sources([it.uri for it in pending])
+        seen = catalog.seen_sources([it.uri for it in pending], retry)
         out = []
         for it in pending:
             if it.uri in seen:

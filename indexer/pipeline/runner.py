@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from indexer.encoders.encoder import Encoder
 from indexer.errors import CatalogError, VectorIndexError
 from indexer.imaging.guard import DecoderPool
@@ -32,6 +34,7 @@ from indexer.settings import EncoderSettings, ImagingSettings
 from indexer.sources import SidecarTable
 from indexer.store import db
 from indexer.store.catalog import CATALOG_FILE, Catalog, ModelBinding, catalog_url
+from indexer.store.retries import RetryPolicy
 from indexer.store.sync import index_store, sync_index
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ class BuildOptions:
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     progress: bool = True
     command: str = "build"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 @dataclass
@@ -83,8 +87,16 @@ class BuildReport:
         }
 
 
-def open_catalog(index_dir: Path) -> Catalog:
-    """The catalog of ``index_dir``, checked to be the one its published index came from."""
+def open_catalog(index_dir: Path, *, read_only: bool = False, create: bool = True) -> Catalog:
+    """The catalog of ``index_dir``, checked to be the one its published index came from.
+
+    ``read_only`` (``stats``, ``verify``, ``search``): nothing is created or migrated; a
+    missing index directory or catalog is an error instead of a new empty catalog.
+    ``create=False`` (``remove``, ``rebuild``): the index must exist, but may be written.
+    """
+    must_exist = read_only or not create
+    if must_exist and not index_dir.is_dir():
+        raise CatalogError(f"{index_dir}: no index here (no such directory)")
     index_dir.mkdir(parents=True, exist_ok=True)
     url = catalog_url(index_dir)
     try:
@@ -92,12 +104,24 @@ def open_catalog(index_dir: Path) -> Catalog:
     except VectorIndexError:  # damaged: `index verify` says so, `index rebuild` repairs it
         published = None
     own_file = index_dir / CATALOG_FILE
-    if published is not None and url == db.sqlite_url(own_file) and not own_file.exists():
-        raise CatalogError(
-            f"{index_dir} holds an index but not its catalog ({CATALOG_FILE}): restore "
-            "the file, or set MEDSEARCH_CATALOG_URL if the catalog is on a server"
-        )
-    catalog = Catalog.open(url)
+    if url == db.sqlite_url(own_file) and not own_file.exists():
+        if published is not None:
+            raise CatalogError(
+                f"{index_dir} holds an index but not its catalog ({CATALOG_FILE}): restore "
+                "the file, or set MEDSEARCH_CATALOG_URL if the catalog is on a server"
+            )
+        if must_exist:
+            raise CatalogError(f"{index_dir}: no index here (no {CATALOG_FILE})")
+    if read_only:
+        try:
+            catalog = Catalog.open(db.read_only_url(url), upgrade=False)
+        except OperationalError:  # no such database: the message may name the URL
+            raise CatalogError(
+                f"cannot open the catalog of {index_dir} for reading: check "
+                "MEDSEARCH_CATALOG_URL or the catalog file"
+            ) from None
+    else:
+        catalog = Catalog.open(url)
     if published is not None:
         try:
             catalog.check_index(published.catalog_id, index_dir)
@@ -120,6 +144,7 @@ def run_build(options: BuildOptions) -> BuildReport:
     started = time.perf_counter()
     encoder = Encoder.load(options.model_dir, options.encoder)
     binding = binding_for(encoder, options.recipe)
+    recipe = encoder.recipe(binding.recipe)
     sidecar = SidecarTable.load(options.sidecar, options.sidecar_key) if options.sidecar else None
     catalog = open_catalog(options.index_dir)
     try:
@@ -129,7 +154,7 @@ def run_build(options: BuildOptions) -> BuildReport:
         raise
     run_id = catalog.start_run(options.command, list(options.sources))
     report = BuildReport(run_id=run_id)
-    total = count_items(options.sources) if options.progress else None
+    total = count_items(options.sources, catalog, options.retry) if options.progress else None
     status = "failed"
     try:
         with (
@@ -142,12 +167,13 @@ def run_build(options: BuildOptions) -> BuildReport:
                 batch_size=options.batch_size,
                 sidecar=sidecar,
                 counts=report.skipped,
+                retry=options.retry,
             )
             t_read = time.perf_counter()
             for batch in batches:
                 times = {"read": time.perf_counter() - t_read}
                 t = time.perf_counter()
-                results = decode_batch(pool, batch, options.imaging.max_file_bytes)
+                results = decode_batch(pool, batch, options.imaging.max_file_bytes, recipe)
                 times["decode"] = time.perf_counter() - t
                 t = time.perf_counter()
                 images = [image for result in results if result.ok for image in result.images]

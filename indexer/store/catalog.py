@@ -26,6 +26,7 @@ from indexer.settings import CatalogSettings
 from indexer.store import db
 from indexer.store.filters import Filters, filter_query
 from indexer.store.models import CatalogInfo, Failure, Item, Run, utcnow
+from indexer.store.retries import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -155,16 +156,21 @@ class Catalog:
             )
 
     # -- writing
-    def seen_sources(self, uris: Sequence[str]) -> set[str]:
-        """Which of ``uris`` are already in the catalog (indexed or failed)."""
+    def seen_sources(self, uris: Sequence[str], policy: RetryPolicy | None = None) -> set[str]:
+        """Which of ``uris`` a run skips: indexed ones, and failed ones that ``policy``
+        does not retry (see :mod:`indexer.store.retries`)."""
+        policy = policy or RetryPolicy()
         seen: set[str] = set()
         with self.session() as s:
             for start in range(0, len(uris), 500):
                 chunk = list(uris[start : start + 500])
                 seen.update(s.scalars(select(Item.source_uri).where(Item.source_uri.in_(chunk))))
-                seen.update(
-                    s.scalars(select(Failure.source_uri).where(Failure.source_uri.in_(chunk)))
+                failed = s.execute(
+                    select(Failure.source_uri, Failure.reason, Failure.attempts).where(
+                        Failure.source_uri.in_(chunk)
+                    )
                 )
+                seen.update(uri for uri, reason, n in failed if not policy.retries(reason, n))
         return seen
 
     def add_batch(
@@ -209,16 +215,7 @@ class Catalog:
                     )
                 )
             s.add_all(rows)
-            s.add_all(
-                Failure(
-                    source_uri=f.source_uri,
-                    reason=f.reason,
-                    detail=f.detail[:300],
-                    sha256=f.sha256,
-                    run_id=run_id,
-                )
-                for f in [*failures, *duplicates]
-            )
+            _record_failures(s, run_id, [*failures, *duplicates], {r.source_uri for r in rows})
             s.flush()
             return [row.id for row in rows]
 
@@ -315,17 +312,53 @@ class Catalog:
                     .group_by(Item.modality)
                 ).all()
             )
-            failures = dict(
-                s.execute(select(Failure.reason, func.count()).group_by(Failure.reason)).all()
-            )
+            by_attempts = s.execute(
+                select(Failure.reason, Failure.attempts, func.count()).group_by(
+                    Failure.reason, Failure.attempts
+                )
+            ).all()
             runs = int(s.scalar(select(func.count(Run.id))) or 0)
+        failures: dict[str, int] = {}
+        attempts: dict[str, dict[str, int]] = {}
+        policy, to_retry = RetryPolicy(), 0
+        for reason, tries, count in by_attempts:
+            failures[str(reason)] = failures.get(str(reason), 0) + int(count)
+            attempts.setdefault(str(reason), {})[str(tries)] = int(count)
+            to_retry += int(count) if policy.retries(reason, tries) else 0
         return {
             "items": {str(k): int(v) for k, v in by_status.items()},
             "modalities": {str(k): int(v) for k, v in by_modality.items()},
-            "failures": {str(k): int(v) for k, v in failures.items()},
+            "failures": failures,
+            "failure_attempts": attempts,  # reason -> {attempts: sources}
+            "retried_next_run": to_retry,
+            "max_attempts": policy.max_attempts,
             "runs": runs,
             "high_water": self.high_water(),
         }
+
+
+def _record_failures(
+    s: Session, run_id: int | None, failures: Sequence[NewFailure], indexed: set[str]
+) -> None:
+    """One failure row per source URI: a new failure is added, a repeated one counts an
+    attempt; a source indexed now loses its failure row."""
+    uris = [f.source_uri for f in failures] + sorted(indexed)
+    existing: dict[str, Failure] = {}
+    for start in range(0, len(uris), 500):
+        chunk = uris[start : start + 500]
+        for row in s.scalars(select(Failure).where(Failure.source_uri.in_(chunk))):
+            existing.setdefault(row.source_uri, row)
+    for uri in indexed - {f.source_uri for f in failures}:
+        if uri in existing:
+            s.delete(existing.pop(uri))
+    for f in failures:
+        if f.source_uri not in existing:
+            existing[f.source_uri] = Failure(source_uri=f.source_uri, attempts=0)
+            s.add(existing[f.source_uri])
+        row = existing[f.source_uri]
+        row.reason, row.detail, row.sha256 = f.reason, f.detail[:300], f.sha256
+        row.run_id, row.at = run_id, utcnow()
+        row.attempts = (row.attempts or 0) + 1
 
 
 def _user() -> str:

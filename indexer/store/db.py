@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
@@ -26,6 +27,16 @@ logger = logging.getLogger(__name__)
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
+
+
+def read_only_url(url: str) -> str:
+    """``url`` opened for reading only: SQLite's ``mode=ro`` (an existing file, nothing
+    created); other databases are read through the same URL (read-only commands issue no
+    write and never migrate)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or "?" in url:
+        return url
+    return f"{prefix}file:{quote(url[len(prefix) :])}?mode=ro&uri=true"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import Select, select
 
 from indexer.store.models import Item
 
 MAX_VALUES = 100  # values per filter field
+ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _iso_date(value: object) -> dt.date:
+    """A ``date``, or a string ``YYYY-MM-DD``; not a timestamp, a datetime or a number."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str) and ISO_DATE.fullmatch(value):
+        return dt.date.fromisoformat(value)  # a ValueError for 2024-02-30
+    raise ValueError("expected a date as YYYY-MM-DD")
+
+
+IsoDate = Annotated[dt.date, BeforeValidator(_iso_date)]
 
 
 class Filters(BaseModel):
@@ -22,8 +36,8 @@ class Filters(BaseModel):
     body_part_examined: list[str] | None = Field(default=None, max_length=MAX_VALUES)
     view_position: list[str] | None = Field(default=None, max_length=MAX_VALUES)
     laterality: list[str] | None = Field(default=None, max_length=MAX_VALUES)
-    study_date_from: dt.date | None = None
-    study_date_to: dt.date | None = None
+    study_date_from: IsoDate | None = None
+    study_date_to: IsoDate | None = None
     study_instance_uid: list[str] | None = Field(default=None, max_length=MAX_VALUES)
     series_instance_uid: list[str] | None = Field(default=None, max_length=MAX_VALUES)
     source_prefix: str | None = Field(default=None, max_length=1000)

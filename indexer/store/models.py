@@ -9,7 +9,9 @@
   ``sha256:<content hash>`` for other files; unique per model fingerprint and recipe.
   The embedding (float32, L2-normalised) is stored with the row, in the same transaction.
   Removal is a tombstone (``status = 'removed'``) so that the index update removes the id.
-- ``failures``: files that were not indexed, with their reason (no PHI: fixed phrases).
+- ``failures``: files that were not indexed, one row per source URI, with their reason
+  (no PHI: fixed phrases) and how many runs tried them (``attempts``): transient reasons
+  are retried by later runs (see :mod:`indexer.store.retries`).
 - ``runs``: who ran what, when, and the counts.
 """
 
@@ -31,6 +33,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -135,3 +138,4 @@ class Failure(Base):
     detail: Mapped[str] = mapped_column(String(300), default="")
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))

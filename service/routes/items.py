@@ -61,11 +61,10 @@ async def thumbnail(
             raise ServiceError(
                 404, "source unavailable", "the item's file cannot be read"
             ) from None
-        image = await rt.decode(data)
+        image = await rt.decode(data, thumbnail=size)  # shrunk in the worker
 
         def encode() -> bytes:
             img = Image.fromarray(image.pixels)
-            img.thumbnail((size, size), Image.Resampling.BICUBIC)
             buf = io.BytesIO()
             img.save(buf, format="PNG")
             return buf.getvalue()

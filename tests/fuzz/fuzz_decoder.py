@@ -1,9 +1,11 @@
 """atheris target for the decoder entry point ``indexer.imaging.decode_bytes``.
 
-    python tests/fuzz/fuzz_decoder.py -atheris_runs=100000 CORPUS_DIR
+    python tests/fuzz/fuzz_decoder.py -atheris_runs=100000 -artifact_prefix=/tmp/fuzz/ CORPUS_DIR
 
 ``decode_bytes`` must never raise: every input renders or is refused with a reason. Run
-it under the guard's limits (``ulimit -v``) to catch unbounded allocations as well.
+it under the guard's limits (``ulimit -v``) to catch unbounded allocations as well. Send
+crash files out of the working tree (``-artifact_prefix``); a crash that is fixed becomes
+a regression input in ``tests/fuzz/regressions/``.
 """
 
 from __future__ import annotations

@@ -8,9 +8,13 @@ import signal
 import time
 from pathlib import Path
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+from PIL import Image
 from pydicom.data import get_testdata_file
 
+from indexer.imaging.decode import decode_bytes
 from indexer.imaging.guard import DecodeJob, DecoderWorker
 from indexer.imaging.types import Reason
 from indexer.settings import ImagingSettings
@@ -36,18 +40,86 @@ def test_timeout_then_recovery() -> None:
         worker.close()
 
 
-def test_a_killed_worker_is_replaced() -> None:
+def test_a_worker_killed_between_jobs_fails_no_job() -> None:
     worker = DecoderWorker(ImagingSettings())
     try:
         assert worker.decode(DecodeJob(data=_bytes("MR_small.dcm"))).ok
         assert worker.pid is not None
         os.kill(worker.pid, signal.SIGKILL)  # as a crashing codec would die
         time.sleep(0.5)
-        crashed = worker.decode(DecodeJob(data=_bytes("MR_small.dcm")))
-        assert crashed.reason == Reason.CRASHED
+        # the next job is not the one that killed it: it runs on a fresh worker
+        assert worker.decode(DecodeJob(data=_bytes("MR_small.dcm"))).ok
         assert worker.decode(DecodeJob(data=_bytes("MR_small.dcm"))).ok
     finally:
         worker.close()
+
+
+def test_a_worker_dying_mid_job_is_retried_once_on_a_fresh_worker(tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    Image.effect_noise((4000, 4000), 60).save(big)  # slow enough to be killed mid-job
+    worker = DecoderWorker(ImagingSettings())
+    try:
+        assert worker.decode(DecodeJob(data=_bytes("CT_small.dcm"))).ok
+        pid = worker.pid
+        assert pid is not None
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(worker.decode, DecodeJob(path=str(big)))
+            time.sleep(0.3)
+            os.kill(pid, signal.SIGKILL)
+            result = pending.result(timeout=120)
+        assert result.ok, result.reason
+        assert worker.restarts == 1 and worker.pid != pid
+    finally:
+        worker.close()
+
+
+def sof0_height_zero() -> bytes:
+    """pydicom's SC_rgb_jpeg_dcmtk.dcm with the JPEG SOF0 height set to 0: the codec
+    allocates until the worker's memory limit (found by a black-box audit)."""
+    data = bytearray(_bytes("SC_rgb_jpeg_dcmtk.dcm"))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 7] = b"\0\0"
+    return bytes(data)
+
+
+def test_a_job_never_inherits_a_memory_failure() -> None:
+    """bad, good, good three times over: before, the goods after a bad got 'decoder
+    crashed' (a worker left at its memory limit)."""
+    worker = DecoderWorker(ImagingSettings(decode_memory_mb=1024))
+    bad, good = sof0_height_zero(), _bytes("CT_small.dcm")
+    try:
+        reasons = [worker.decode(DecodeJob(data=d)).reason for _ in range(3) for d in (bad, good)]
+    finally:
+        worker.close()
+    assert reasons == [Reason.MEMORY, None] * 3
+
+
+def test_the_patient_hash_salt_reaches_the_workers() -> None:
+    """A SecretStr serialises masked: workers got '**********' and every decode crashed."""
+    settings = ImagingSettings(patient_hash_salt="a-salt-of-16-chars-or-more")
+    worker = DecoderWorker(settings)
+    try:
+        result = worker.decode(DecodeJob(data=_bytes("CT_small.dcm")))
+    finally:
+        worker.close()
+    assert result.ok, (result.reason, result.detail)
+    expected = decode_bytes(_bytes("CT_small.dcm"), settings).images[0].metadata.patient_key
+    assert result.images[0].metadata.patient_key == expected
+    assert expected and len(expected) == 32
+
+
+def test_codec_output_is_captured_not_printed(capfd: pytest.CaptureFixture[str]) -> None:
+    data = bytearray(_bytes("US1_J2KR.dcm"))
+    siz = data.find(b"\xff\x51")
+    data[siz + 40 : siz + 42] = b"\0\0"  # an invalid component subsampling
+    worker = DecoderWorker(ImagingSettings())
+    try:
+        result = worker.decode(DecodeJob(data=bytes(data)))
+        assert result.reason == Reason.UNDECODABLE
+    finally:
+        worker.close()
+    out, err = capfd.readouterr()
+    assert "Marker handler" not in out + err
 
 
 def test_a_memory_bomb_is_refused(tmp_path: Path) -> None:

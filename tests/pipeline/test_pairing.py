@@ -51,7 +51,9 @@ def test_a_missing_catalog_file_is_an_error_not_a_new_empty_catalog(index_copy: 
     assert not (index_copy / "catalog.sqlite3").exists()
 
 
-def test_another_catalog_is_refused(index_copy: Path, tmp_path: Path) -> None:
+def test_another_catalog_is_refused(
+    index_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with sqlite3.connect(index_copy / "catalog.sqlite3") as conn:  # as if swapped
         conn.execute("UPDATE catalog_info SET catalog_id = ?", ("f" * 32,))
     with pytest.raises(CatalogError, match="built from catalog .* not from catalog ffffffffffff"):
@@ -64,5 +66,9 @@ def test_another_catalog_is_refused(index_copy: Path, tmp_path: Path) -> None:
         catalog.close()
     # a catalog URL that points elsewhere (here: an empty database)
     elsewhere = db.sqlite_url(tmp_path / "other.sqlite3")
-    run = _index_stats(index_copy, MEDSEARCH_CATALOG_URL=elsewhere)
-    assert run.returncode == 2 and "not from an empty catalog" in run.stderr, run.stderr
+    run = _index_stats(index_copy, MEDSEARCH_CATALOG_URL=elsewhere)  # read-only: not created
+    assert run.returncode == 2 and "cannot open the catalog" in run.stderr, run.stderr
+    assert not (tmp_path / "other.sqlite3").exists()
+    monkeypatch.setenv("MEDSEARCH_CATALOG_URL", elsewhere)
+    with pytest.raises(CatalogError, match="not from an empty catalog"):
+        open_catalog(index_copy)  # a writer (build, add) creates it, then refuses the pair
