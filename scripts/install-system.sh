@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # System packages the tests use: dcmtk (an independent DICOM renderer to compare with),
 # Orthanc with its DICOMweb plugin (a real PACS), Chromium and its driver (the web page),
-# PostgreSQL (a catalog on a database server).
+# PostgreSQL (a catalog on a database server), strace (the no-outbound-traffic check).
 # Needs root (CI runs as root); elsewhere it says what to install and carries on.
 set -euo pipefail
-PACKAGES="dcmtk orthanc orthanc-dicomweb chromium chromium-driver docker-compose postgresql"
+PACKAGES="dcmtk orthanc orthanc-dicomweb chromium chromium-driver docker-compose postgresql strace"
 missing=""
 for p in $PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 [ -z "$missing" ] && exit 0

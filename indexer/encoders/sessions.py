@@ -4,18 +4,35 @@ Provider choice is explicit: ``cpu``; ``cuda``, refused with a clear error when 
 execution provider is not installed (``pip install medsearch[gpu]``) or cannot start;
 ``auto``, CUDA when available and otherwise CPU. The provider that actually runs is
 logged and reported, so a silent fallback to CPU cannot go unnoticed.
+
+ONNX Runtime's Linux wheels from 1.29 on start Microsoft's 1DS telemetry when the native
+module loads: events are queued in ``~/.cache/Microsoft/DeveloperTools/.onnxruntime`` and
+a background thread uploads them to ``mobile.events.data.microsoft.com`` (DNS, then
+HTTPS) about ten seconds later and on retry. ``onnxruntime.disable_telemetry_events()``
+comes too late to stop it; the only switch is the ``ORT_DISABLE_TELEMETRY`` environment
+variable, read once as the library loads. So it is set here, before ``onnxruntime`` is
+imported, and this module is the only one that imports it: a hospital service connects
+to its PACS and its database and nothing else.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import onnxruntime as ort
-
 from indexer.errors import ProviderError
+
+TELEMETRY_SWITCH = "ORT_DISABLE_TELEMETRY"
+# Before ``import onnxruntime``: the value is read when the native library loads. Forced,
+# not defaulted: an empty or "0" value left in a deployment's environment turns it back on.
+_LOADED_BEFORE_SWITCH = "onnxruntime" in sys.modules
+os.environ[TELEMETRY_SWITCH] = "1"
+
+import onnxruntime as ort  # noqa: E402 (must follow the telemetry switch)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +66,13 @@ def resolve_provider(choice: ProviderChoice) -> str:
 
 def create_session(path: Path, options: SessionOptions) -> tuple[Any, str]:
     """An inference session for ``path`` and the provider that runs it."""
+    if _LOADED_BEFORE_SWITCH:
+        logger.warning(
+            "onnxruntime was imported before %s could set %s=1; its telemetry may be "
+            "running (import indexer.encoders first)",
+            __name__,
+            TELEMETRY_SWITCH,
+        )
     wanted = resolve_provider(options.provider)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
