@@ -22,10 +22,8 @@ def serve(
     ] = False,
 ) -> None:
     """Serve search over --index with --model (settings: MEDSEARCH_* variables)."""
-    import uvicorn
     from pydantic import ValidationError
 
-    from service.app import create_app
     from service.config import ServiceSettings
 
     overrides: dict[str, object] = {
@@ -39,9 +37,15 @@ def serve(
     try:
         settings = ServiceSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        typer.echo(f"error: {exc.errors()[0]['msg']}", err=True)
+        for error in exc.errors():
+            typer.echo(f"error: {error['msg'].removeprefix('Value error, ')}", err=True)
         sys.exit(2)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    # imported once the settings are accepted: a refusal answers before the model stack loads
+    import uvicorn
+
+    from service.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 
 def main() -> None:

@@ -1,12 +1,14 @@
 """Service settings: one pydantic-settings class (``MEDSEARCH_*``), built once at start-up.
 
 Unsafe combinations are refused when it is built: binding to a non-loopback address
-without API keys needs ``MEDSEARCH_ALLOW_UNAUTHENTICATED=true``.
+without API keys needs ``MEDSEARCH_ALLOW_UNAUTHENTICATED=true``. The addresses are the
+ones the server will bind: ``""`` is every interface, a name may resolve to several.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -14,13 +16,27 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def bind_addresses(host: str | None, port: int) -> list[str]:
+    """The addresses a server listening on ``host`` binds, as asyncio's ``create_server``.
+
+    ``""`` and ``None`` are every interface (``0.0.0.0`` and ``::``); a name resolves to
+    one address or more. Raises ``OSError`` (``socket.gaierror``) when it does not resolve.
+    """
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def is_loopback_address(address: str) -> bool:
+    """``address`` (an IP literal, IPv6 maybe with a ``%scope``) reaches this host only."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def open_addresses(host: str, port: int) -> list[str]:
+    """The addresses beyond loopback that binding ``host`` would listen on."""
+    return [a for a in bind_addresses(host, port) if not is_loopback_address(a)]
 
 
 class ServiceSettings(BaseSettings):
@@ -50,6 +66,15 @@ class ServiceSettings(BaseSettings):
     max_k: int = Field(default=1000, ge=1)
     max_labels: int = Field(default=100, ge=1)
     max_texts: int = Field(default=64, ge=1, description="rows of one Azure /score request")
+    max_json_depth: int = Field(
+        default=32, ge=1, le=128, description="nesting of JSON bodies and multipart options"
+    )
+    decode_budget_mb: int = Field(
+        default=256,
+        ge=8,
+        description="uploads waiting for a decoder and the model inputs coming back may "
+        "hold this much memory at once; beyond it requests wait, then get 503",
+    )
     # serving
     batch_window_ms: float = Field(default=3.0, ge=0, description="micro-batching window")
     max_batch: int = Field(default=16, ge=1)
@@ -75,13 +100,23 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_open_bind(self) -> ServiceSettings:
-        if not self.api_keys and not is_loopback(self.host) and not self.allow_unauthenticated:
-            raise ValueError(
-                f"binding to {self.host} without API keys: set MEDSEARCH_API_KEYS, or "
-                "MEDSEARCH_ALLOW_UNAUTHENTICATED=true if the network is trusted"
-            )
         if any(len(k.get_secret_value()) < 16 for k in self.api_keys):
             raise ValueError("API keys must be at least 16 characters")
+        if self.api_keys or self.allow_unauthenticated:
+            return self
+        try:
+            reachable = open_addresses(self.host, self.port)
+        except (OSError, ValueError) as exc:  # gaierror; a bad IDNA name, a NUL
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ValueError(
+                f"cannot resolve host {self.host!r} to check that it is loopback only ({reason})"
+            ) from None
+        if reachable:
+            raise ValueError(
+                f"binding to {self.host!r} ({', '.join(reachable)}) without API keys: set "
+                "MEDSEARCH_API_KEYS, or MEDSEARCH_ALLOW_UNAUTHENTICATED=true if the network "
+                "is trusted"
+            )
         return self
 
     @model_validator(mode="after")

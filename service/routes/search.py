@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 from indexer.store.filters import Filters
 from service.deps import RuntimeDep
 from service.errors import ServiceError
+from service.json_limits import check_json_depth
 from service.results import hits_model
 from service.runtime import Runtime, b64decode
 from service.schemas import (
@@ -105,7 +106,9 @@ async def _read_image_request(request: Request, rt: Runtime) -> tuple[bytes, Ima
             raise ServiceError(413, "image too large", f"at most {limit} bytes")
         raw = form.get("options") or "{}"
         try:
-            fields = json.loads(raw if isinstance(raw, str) else "{}")
+            text = raw if isinstance(raw, str) else "{}"
+            check_json_depth(text, rt.settings.max_json_depth)  # json.loads recurses
+            fields = json.loads(text)
             if not isinstance(fields, dict):
                 raise ValueError("options must be a JSON object")
             options = ImageSearchRequest.model_validate({**fields, "image": "-"})
