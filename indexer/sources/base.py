@@ -11,13 +11,35 @@ it has already indexed:
 
 Paths in URIs are percent-encoded (``urllib.parse.quote``, ``/`` kept), so a ``!`` in a
 file name cannot be confused with the ``!/`` that separates an archive from its member.
+
+A source may also yield an item it refuses to read (an archive's symlink, device or
+over-size member, an unsafe or duplicate member name): such an item carries a
+:class:`Refusal`, is never opened, and is recorded as a failure like any file that does
+not decode. A refused member whose URI would repeat an earlier one gets ``#<n>``, its
+position in the archive, appended (a real name's ``#`` is always written ``%23``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NoReturn, Protocol
+
+from indexer.errors import ImageRefused
+from indexer.imaging.types import Reason
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a source will not hand over an item's bytes: a fixed reason and a short detail."""
+
+    reason: Reason  # UNSUPPORTED for links, devices and bad names; TOO_LARGE for size
+    detail: str  # e.g. "symlink member"; never carries the file's content
+
+
+def refuse(refusal: Refusal) -> NoReturn:
+    """The ``open`` of a refused item: raises :class:`ImageRefused`, touches nothing."""
+    raise ImageRefused(refusal.reason, refusal.detail)
 
 
 @dataclass(frozen=True)
@@ -29,6 +51,7 @@ class SourceItem:
     size: int | None  # bytes, when known without reading
     open: Callable[[], BinaryIO]  # opens the item's bytes for reading (caller closes)
     local_path: str | None = None  # a real file on disk, when the item is one
+    refusal: Refusal | None = None  # set when the source will not read it (never opened)
 
 
 class Source(Protocol):

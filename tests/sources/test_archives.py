@@ -1,4 +1,4 @@
-"""Zip and tar sources: enumeration, exact bytes, stable URIs, unsafe and junk members."""
+"""Zip and tar sources: enumeration, exact bytes, stable URIs, refused and junk members."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from indexer.errors import SourceError
-from indexer.sources import TarSource, ZipSource, open_uri
+from indexer.errors import ImageRefused, SourceError
+from indexer.imaging.types import Reason
+from indexer.sources import SourceItem, TarSource, ZipSource, open_uri
 from indexer.sources.uri import member_uri
 
 WANTED = {"scans/ct.dcm": "CT_small.dcm", "scans/deep/mr": "MR_small.dcm", "plan.dcm": "rtplan.dcm"}
+UNSAFE = ("../evil.dcm", "/abs.dcm")  # in both archives; the zip also has scans/../../up.dcm
 
 
 def _make_zip(path: Path, dicom: dict[str, bytes]) -> Path:
@@ -57,7 +59,7 @@ def _make_tar(path: Path, dicom: dict[str, bytes], mode: str) -> Path:
 def _check_items(
     source: ZipSource | TarSource, archive: Path, scheme: str, dicom: dict[str, bytes]
 ) -> None:
-    items = list(source)
+    items = [item for item in source if item.refusal is None]
     assert sorted(item.relpath for item in items) == sorted(WANTED)
     for item in items:
         expected = dicom[WANTED[item.relpath]]
@@ -71,7 +73,21 @@ def _check_items(
             assert stream.read() == expected
         with open_uri(item.uri) as stream:
             assert stream.read() == expected
-    assert [item.uri for item in source] == [item.uri for item in items]
+    everything = list(source)
+    assert [item.uri for item in source] == [item.uri for item in everything]
+    assert len({item.uri for item in everything}) == len(everything)  # refused ones too
+
+
+def _refused(source: ZipSource | TarSource) -> dict[str, SourceItem]:
+    return {item.relpath: item for item in source if item.refusal is not None}
+
+
+def _check_refused(item: SourceItem, reason: Reason, detail: str) -> None:
+    assert item.refusal is not None
+    assert (item.refusal.reason, item.refusal.detail) == (reason, detail)
+    with pytest.raises(ImageRefused) as refused:  # never opens the member
+        item.open()
+    assert (refused.value.reason, refused.value.detail) == (reason, detail)
 
 
 def test_zip_members(
@@ -82,8 +98,14 @@ def test_zip_members(
     assert source.uri == f"zip://{archive}"
     with caplog.at_level(logging.WARNING, logger="indexer.sources"):
         _check_items(source, archive, "zip", dicom_bytes)
-    for name in ("../evil.dcm", "/abs.dcm", "scans/../../up.dcm"):
+    for name in (*UNSAFE, "scans/../../up.dcm"):
         assert repr(name) in caplog.text
+    refused = _refused(source)
+    assert sorted(refused) == sorted((*UNSAFE, "scans/../../up.dcm"))
+    for name, item in refused.items():
+        _check_refused(item, Reason.UNSUPPORTED, "unsafe member name")
+        assert item.uri == member_uri("zip", archive, name)  # the raw name: no collision
+    assert refused["/abs.dcm"].uri.endswith("!//abs.dcm")
     source.close()
 
 
@@ -115,20 +137,33 @@ def test_tar_members(
     assert source.uri == f"tar://{archive}"
     with caplog.at_level(logging.WARNING, logger="indexer.sources"):
         _check_items(source, archive, "tar", dicom_bytes)
-    for name in ("../evil.dcm", "/abs.dcm"):
+    for name in UNSAFE:
         assert repr(name) in caplog.text
     assert "duplicate" in caplog.text
+    refused = {item.uri: item for item in source if item.refusal is not None}
+    assert len(refused) == 4
+    for name in UNSAFE:
+        _check_refused(refused[member_uri("tar", archive, name)], *UNSAFE_REFUSAL)
+    _check_refused(refused[member_uri("tar", archive, "link.dcm")], *SYMLINK_REFUSAL)
+    duplicate = member_uri("tar", archive, "plan.dcm") + "#9"  # its position in the tar
+    _check_refused(refused[duplicate], Reason.UNSUPPORTED, "duplicate member name")
 
 
-def test_tar_member_over_the_cap_is_skipped(
-    tmp_path: Path, dicom_bytes: dict[str, bytes], caplog: pytest.LogCaptureFixture
+UNSAFE_REFUSAL = (Reason.UNSUPPORTED, "unsafe member name")
+SYMLINK_REFUSAL = (Reason.UNSUPPORTED, "symlink member")
+
+
+def test_tar_member_over_the_cap_is_refused_unread(
+    tmp_path: Path, dicom_bytes: dict[str, bytes]
 ) -> None:
     archive = _make_tar(tmp_path / "a.tgz", dicom_bytes, "w:gz")
     cap = len(dicom_bytes["MR_small.dcm"])
-    with caplog.at_level(logging.WARNING, logger="indexer.sources"):
-        relpaths = {item.relpath for item in TarSource(archive, max_member_bytes=cap)}
-    assert relpaths == {"scans/deep/mr", "plan.dcm"}
-    assert "over the" in caplog.text
+    items = {item.relpath: item for item in TarSource(archive, max_member_bytes=cap)}
+    big = items["scans/ct.dcm"]
+    size = len(dicom_bytes["CT_small.dcm"])
+    _check_refused(big, Reason.TOO_LARGE, f"{size} bytes, over the {cap}-byte member limit")
+    assert big.size == size
+    assert items["scans/deep/mr"].refusal is None
     with pytest.raises(SourceError, match="over"):
         open_uri(member_uri("tar", archive, "scans/ct.dcm"), max_member_bytes=cap)
 
