@@ -1,4 +1,6 @@
-"""Runner: drives reader -> decoder -> encoder -> writer per batch, then publishes the index.
+"""Runner: a build's options, its catalog and model, the engine that runs the stages
+(:mod:`indexer.pipeline.local`: reader -> fetchers -> preparers -> embedder -> writer,
+concurrently), the run report, then the index update and publication.
 
 Crash safety comes from the order of effects: a batch's items, embeddings and failures
 are committed in one transaction; the vector index is derived from committed rows and
@@ -23,13 +25,13 @@ from sqlalchemy.exc import OperationalError
 
 from indexer.encoders.encoder import Encoder
 from indexer.errors import CatalogError, VectorIndexError
-from indexer.imaging.guard import DecoderPool
 from indexer.imaging.types import RENDER_POLICY
-from indexer.pipeline.decoder import decode_batch
-from indexer.pipeline.encoder import embed_batch
+from indexer.pipeline.embedder import Embedder
+from indexer.pipeline.local import run_local
+from indexer.pipeline.preparer import Prepared, Preparer
 from indexer.pipeline.progress import Progress, count_items
-from indexer.pipeline.reader import read_batches
-from indexer.pipeline.writer import write_batch
+from indexer.pipeline.reader import fetch, new_items
+from indexer.pipeline.writer import Writer
 from indexer.settings import EncoderSettings, ImagingSettings
 from indexer.sources import SidecarTable
 from indexer.store import db
@@ -39,7 +41,7 @@ from indexer.store.sync import index_store, sync_index
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("read", "decode", "encode", "write")
+STAGES = ("read", "fetch", "prepare", "embed", "write")
 
 
 @dataclass
@@ -47,8 +49,9 @@ class BuildOptions:
     sources: Sequence[str]
     index_dir: Path
     model_dir: Path
-    workers: int = 2
-    batch_size: int = 32
+    workers: int = 2  # decoder processes (decode + render + preprocess)
+    batch_size: int | None = None  # images per encoder run; None: EncoderSettings.batch_size
+    io_threads: int = 4  # threads reading archive members and PACS instances
     rebuild: bool = False
     recipe: str | None = None
     sidecar: Path | None = None
@@ -69,7 +72,8 @@ class BuildReport:
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    batches: list[dict[str, float]] = field(default_factory=list)
+    batches: int = 0
+    stages: dict[str, Any] = field(default_factory=dict)
     index: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +87,7 @@ class BuildReport:
             "images_per_s": round(self.indexed / self.seconds, 3) if self.seconds else 0.0,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "batches": self.batches,
+            "stages": self.stages,
             "index": self.index,
         }
 
@@ -142,7 +147,10 @@ def binding_for(encoder: Encoder, recipe: str | None) -> ModelBinding:
 
 def run_build(options: BuildOptions) -> BuildReport:
     started = time.perf_counter()
-    encoder = Encoder.load(options.model_dir, options.encoder)
+    encoder_settings = options.encoder
+    if options.batch_size is not None:
+        encoder_settings = encoder_settings.model_copy(update={"batch_size": options.batch_size})
+    encoder = Encoder.load(options.model_dir, encoder_settings)
     binding = binding_for(encoder, options.recipe)
     recipe = encoder.recipe(binding.recipe)
     sidecar = SidecarTable.load(options.sidecar, options.sidecar_key) if options.sidecar else None
@@ -156,48 +164,43 @@ def run_build(options: BuildOptions) -> BuildReport:
     report = BuildReport(run_id=run_id)
     total = count_items(options.sources, catalog, options.retry) if options.progress else None
     status = "failed"
+    preparers = [Preparer(options.imaging, recipe) for _ in range(options.workers)]
     try:
-        with (
-            DecoderPool(options.imaging, options.workers) as pool,
-            Progress(total, enabled=options.progress) as progress,
-        ):
-            batches = read_batches(
-                options.sources,
-                catalog,
-                batch_size=options.batch_size,
-                sidecar=sidecar,
-                counts=report.skipped,
-                retry=options.retry,
-            )
-            t_read = time.perf_counter()
-            for batch in batches:
-                times = {"read": time.perf_counter() - t_read}
-                t = time.perf_counter()
-                results = decode_batch(pool, batch, options.imaging.max_file_bytes, recipe)
-                times["decode"] = time.perf_counter() - t
-                t = time.perf_counter()
-                images = [image for result in results if result.ok for image in result.images]
-                embeddings = embed_batch(encoder, images, binding.recipe)
-                times["encode"] = time.perf_counter() - t
-                t = time.perf_counter()
-                indexed, duplicates, _failed = write_batch(
-                    catalog, run_id, batch, results, embeddings
+        with Progress(total, enabled=options.progress) as progress:
+
+            def committed(batch: list[Prepared], counts: tuple[int, int, int]) -> None:
+                report.indexed += counts[0]
+                report.duplicates += counts[1]
+                report.failed.update(
+                    p.result.reason.value for p in batch if p.result.reason is not None
                 )
-                times["write"] = time.perf_counter() - t
-                report.indexed += indexed
-                report.duplicates += duplicates
-                report.failed.update(r.reason.value for r in results if r.reason is not None)
-                for stage, seconds in times.items():
-                    report.stage_seconds[stage] += seconds
-                report.batches.append({k: round(v, 4) for k, v in times.items()})
-                logger.debug("batch of %d: %s", len(batch), times)
+                report.batches += 1
                 progress.advance(
                     len(batch), indexed=report.indexed, failed=sum(report.failed.values())
                 )
-                t_read = time.perf_counter()
+
+            stats = run_local(
+                new_items(
+                    options.sources,
+                    catalog,
+                    sidecar=sidecar,
+                    counts=report.skipped,
+                    retry=options.retry,
+                ),
+                lambda read: fetch(read, options.imaging.max_file_bytes),
+                preparers,
+                Embedder(encoder, binding.recipe),
+                Writer(catalog, run_id),
+                io_threads=options.io_threads,
+                on_commit=committed,
+            )
+            report.stages = stats.to_dict()
+            report.stage_seconds = stats.busy_s
         report.index = sync_index(catalog, options.index_dir, binding, rebuild=options.rebuild)
         status = "done"
     finally:
+        for preparer in preparers:
+            preparer.close()
         report.seconds = time.perf_counter() - started
         catalog.finish_run(run_id, report.to_dict(), status)
         write_report(options.index_dir, report)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from indexer.imaging.types import DecodedImage, DecodeResult
-from indexer.pipeline.reader import ReadItem
+from indexer.imaging.types import DecodedImage
+from indexer.pipeline.preparer import Prepared
 from indexer.store.catalog import Catalog, NewFailure, NewItem
 
 _NOT_COLUMNS = {"render_policy"}
@@ -24,14 +25,12 @@ def identity(image: DecodedImage, sha256: str) -> str:
 
 
 def rows_for(
-    batch: Sequence[ReadItem],
-    results: Sequence[DecodeResult],
-    embeddings: npt.NDArray[np.float32],
+    batch: Sequence[Prepared], embeddings: npt.NDArray[np.float32]
 ) -> tuple[list[NewItem], list[NewFailure]]:
     items: list[NewItem] = []
     failures: list[NewFailure] = []
     row = 0
-    for read, result in zip(batch, results, strict=True):
+    for read, result in ((p.read, p.result) for p in batch):
         if not result.ok:
             reason = result.reason.value if result.reason else "no image"
             failures.append(NewFailure(read.item.uri, reason, result.detail, result.file.sha256))
@@ -51,14 +50,19 @@ def rows_for(
     return items, failures
 
 
-def write_batch(
-    catalog: Catalog,
-    run_id: int,
-    batch: Sequence[ReadItem],
-    results: Sequence[DecodeResult],
-    embeddings: npt.NDArray[np.float32],
-) -> tuple[int, int, int]:
-    """Commit; returns (indexed, duplicates skipped, failed)."""
-    items, failures = rows_for(batch, results, embeddings)
-    ids = catalog.add_batch(run_id, items, failures)
-    return len(ids), len(items) - len(ids), len(failures)
+class Writer:
+    """The one writer: a batch's items, embeddings and failures in one transaction."""
+
+    def __init__(self, catalog: Catalog, run_id: int) -> None:
+        self.catalog, self.run_id = catalog, run_id
+        self.busy_s = 0.0
+
+    def __call__(
+        self, batch: Sequence[Prepared], embeddings: npt.NDArray[np.float32]
+    ) -> tuple[int, int, int]:
+        """Commit; returns (indexed, duplicates skipped, failed)."""
+        started = time.perf_counter()
+        items, failures = rows_for(batch, embeddings)
+        ids = self.catalog.add_batch(self.run_id, items, failures)
+        self.busy_s += time.perf_counter() - started
+        return len(ids), len(items) - len(ids), len(failures)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
-
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from PIL import Image

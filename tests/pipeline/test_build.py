@@ -32,7 +32,7 @@ def test_build_indexes_the_corpus(built_index: tuple[Path, BuildReport]) -> None
     # UID, indexed once, the other copies recorded as duplicates
     assert result["indexed"] >= 60 and result["duplicates"] >= 10
     assert result["failed"].get("no image", 0) >= 5  # RT plans, SRs, ... skipped with a reason
-    assert set(result["stage_seconds"]) == {"read", "decode", "encode", "write"}
+    assert set(result["stage_seconds"]) == {"read", "fetch", "prepare", "embed", "write"}
     assert result["index"]["count"] == result["indexed"]
     saved = json.loads((index_dir / "reports" / f"run-{report.run_id:06d}.json").read_text())
     assert saved["indexed"] == result["indexed"]

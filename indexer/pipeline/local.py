@@ -1,0 +1,240 @@
+"""The local engine: the pipeline's stages run concurrently on one host.
+
+::
+
+    reader ──reads──▶ fetchers ──jobs──▶ preparers ──prepared──▶ embedder ──encoded──▶ writer
+    1 thread          io_threads         1 thread per             1 thread             this
+    (list, skip       (archive members,  decoder process          (encoder runs of     thread
+     what the         PACS instances)    (decode, render,          --batch-size)        (one commit
+     catalog has)                        preprocess)                                    per batch)
+
+Every arrow is a bounded :class:`~indexer.pipeline.channels.Channel`: a slow stage makes
+the ones before it wait, so memory stays bounded on any archive (at most a few batches of
+480x480 inputs are in flight). Items complete out of order; the catalog is the truth, and
+a killed run loses only what was not committed (the next run reads it again).
+
+Each stage reports its busy time (time in its own work, not waiting on a queue); with the
+number of threads it ran on, that gives its utilisation, and the busiest stage is the one
+that limits the build. Queue depths are sampled at every commit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from indexer.imaging.guard import DecodeJob
+from indexer.imaging.types import DecodeResult
+from indexer.pipeline.channels import Channel, Stopped
+from indexer.pipeline.embedder import Embedder, Embeddings
+from indexer.pipeline.preparer import Prepared, Preparer
+from indexer.pipeline.reader import ReadItem
+from indexer.pipeline.writer import Writer
+
+logger = logging.getLogger(__name__)
+
+FLUSH_S = 0.5  # the embedder runs a partial batch when nothing arrived for this long
+REORDER_BATCHES = 4  # items wait for a late one up to this many batches, then pass it
+Job = tuple[int, ReadItem, DecodeJob | DecodeResult]
+Encoded = tuple[list[Prepared], Embeddings]
+OnCommit = Callable[[list[Prepared], tuple[int, int, int]], None]
+
+
+@dataclass
+class StageStats:
+    """Busy seconds and threads per stage, queue depths, and the limiting stage."""
+
+    busy_s: dict[str, float] = field(default_factory=dict)
+    threads: dict[str, int] = field(default_factory=dict)
+    depths: dict[str, list[int]] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def utilisation(self) -> dict[str, float]:
+        wall = max(self.wall_s, 1e-9)
+        return {k: v / (wall * max(self.threads.get(k, 1), 1)) for k, v in self.busy_s.items()}
+
+    def limiting_stage(self) -> str | None:
+        shares = self.utilisation()
+        return max(shares, key=lambda k: shares[k]) if shares else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "busy_s": {k: round(v, 3) for k, v in self.busy_s.items()},
+            "threads": self.threads,
+            "utilisation": {k: round(v, 3) for k, v in self.utilisation().items()},
+            "limiting_stage": self.limiting_stage(),
+            "queue_depth": {
+                name: {"mean": round(float(np.mean(d)), 2) if d else 0.0, "max": max(d or [0])}
+                for name, d in self.depths.items()
+            },
+        }
+
+
+class _Reorder:
+    """Items back in source order, so that a rerun commits the same way (e.g. which of
+    several files of one SOP Instance UID is indexed and which are duplicates). A late item
+    holds back at most ``window`` others; past that they go on without it, and it follows
+    when it comes: memory stays bounded whatever a straggler does."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self._next = 0
+        self._held: dict[int, Prepared] = {}
+
+    @property
+    def waiting(self) -> int:
+        return len(self._held)
+
+    def add(self, seq: int, item: Prepared) -> list[Prepared]:
+        if seq < self._next:  # late: the others went on
+            return [item]
+        self._held[seq] = item
+        out = []
+        while self._next in self._held:
+            out.append(self._held.pop(self._next))
+            self._next += 1
+        if len(self._held) > self.window:
+            out += self.drain(everything=False)
+        return out
+
+    def drain(self, *, everything: bool) -> list[Prepared]:
+        """Everything held (at the end, or when idle), or what exceeds the window."""
+        keep = 0 if everything else self.window
+        out = []
+        for seq in sorted(self._held)[: max(len(self._held) - keep, 0)]:
+            out.append(self._held.pop(seq))
+            self._next = max(self._next, seq + 1)
+        return out
+
+
+class _Threads:
+    """Stage threads that stop the whole pipeline when one of them fails."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.errors: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+
+    def start(self, name: str, body: Callable[[], None], output: Channel[Any]) -> None:
+        def run() -> None:
+            try:
+                body()
+                output.close()
+            except Stopped:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
+                self.errors.append(exc)
+                self.stop.set()
+
+        thread = threading.Thread(target=run, name=f"medsearch-{name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
+
+def run_local(
+    items: Iterable[ReadItem],
+    fetch: Callable[[ReadItem], DecodeJob | DecodeResult],
+    preparers: Sequence[Preparer],
+    embedder: Embedder,
+    writer: Writer,
+    *,
+    io_threads: int,
+    on_commit: OnCommit,
+) -> StageStats:
+    """Run the stages until ``items`` is exhausted and every batch is committed."""
+    stop = threading.Event()
+    batch = embedder.batch_size
+    reads: Channel[tuple[int, ReadItem]] = Channel("reads", 4 * io_threads, 1, stop)
+    jobs: Channel[Job] = Channel("jobs", 2 * len(preparers), io_threads, stop)
+    prepared: Channel[tuple[int, Prepared]] = Channel("prepared", 2 * batch, len(preparers), stop)
+    encoded: Channel[Encoded] = Channel("encoded", 2, 1, stop)
+    stats = StageStats(threads={"read": 1, "fetch": io_threads, "prepare": len(preparers)})
+    stats.threads.update(embed=1, write=1)
+    clock = {"read": 0.0, "fetch": 0.0}
+    lock = threading.Lock()
+    threads = _Threads(stop)
+    started = time.perf_counter()
+
+    def read() -> None:
+        source = iter(items)
+        for seq in itertools.count():
+            t = time.perf_counter()
+            item = next(source, None)
+            clock["read"] += time.perf_counter() - t
+            if item is None:
+                return
+            reads.put((seq, item))
+
+    def fetcher() -> None:
+        for seq, item in reads:
+            t = time.perf_counter()
+            job = fetch(item)
+            with lock:
+                clock["fetch"] += time.perf_counter() - t
+            jobs.put((seq, item, job))
+
+    def preparer(stage: Preparer) -> Callable[[], None]:
+        def body() -> None:
+            for seq, item, job in jobs:
+                prepared.put((seq, stage(item, job)))
+
+        return body
+
+    def embed() -> None:
+        order = _Reorder(REORDER_BATCHES * batch)
+        pending: list[Prepared] = []
+        images = 0
+        while True:
+            got = prepared.get(timeout=FLUSH_S if pending or order.waiting else None)
+            ready = order.add(*got) if got is not None else order.drain(everything=prepared.ended)
+            for item in ready:
+                pending.append(item)
+                images += len(item.result.images) if item.result.ok else 0
+            full = images >= batch or len(pending) >= 4 * batch
+            if pending and (full or got is None):
+                encoded.put((pending, embedder(pending)))
+                pending, images = [], 0
+            if got is None and prepared.ended and not order.waiting:
+                return
+
+    threads.start("reader", read, reads)
+    for n in range(io_threads):
+        threads.start(f"fetch-{n}", fetcher, jobs)
+    for n, stage in enumerate(preparers):
+        threads.start(f"prepare-{n}", preparer(stage), prepared)
+    threads.start("embedder", embed, encoded)
+    channels: list[Channel[Any]] = [reads, jobs, prepared, encoded]
+    try:
+        for done, embeddings in encoded:
+            counts = writer(done, embeddings)
+            for channel in channels:
+                stats.depths.setdefault(channel.name, []).append(channel.depth())
+            on_commit(done, counts)
+    except Stopped:
+        pass
+    except BaseException:
+        stop.set()
+        threads.join()
+        raise
+    threads.join()
+    if threads.errors:
+        raise threads.errors[0]
+    stats.wall_s = time.perf_counter() - started
+    stats.busy_s = {
+        **clock,
+        "prepare": sum(p.busy_s for p in preparers),
+        "embed": embedder.busy_s,
+        "write": writer.busy_s,
+    }
+    return stats
