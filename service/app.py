@@ -15,16 +15,18 @@ from service import errors
 from service.config import ServiceSettings
 from service.deps import require_key
 from service.metrics import Metrics
-from service.middleware import BodyLimit, RequestMetrics
+from service.middleware import BodyLimit, JsonDepthLimit, RequestMetrics
 from service.routes import azure, classify, dicom, health, items, search, web
 from service.runtime import Runtime
 from service.schemas import ErrorBody, ImageSearchRequest
 
 logger = logging.getLogger(__name__)
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 502, 503)
-}
+
+def _error_responses(*, with_auth: bool) -> dict[int | str, dict[str, Any]]:
+    """The error answers every route documents; 401 only where keys are required."""
+    codes = [400, 404, 409, 413, 415, 422, 502, 503] + ([401] if with_auth else [])
+    return {code: {"model": ErrorBody} for code in sorted(codes)}
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
@@ -48,24 +50,29 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             app.state.runtime = None
             await runtime.stop()
 
+    api_keys = settings.key_values()
     app = FastAPI(
         title="medsearch",
         version="0.1.0",
         summary="Similarity search for medical images (MedImageInsight, FAISS)",
         lifespan=lifespan,
-        responses=ERROR_RESPONSES,
+        responses=_error_responses(with_auth=bool(api_keys)),
     )
-    app.state.api_keys = settings.key_values()
+    app.state.api_keys = api_keys
     app.state.runtime = None
     metrics_holder = Metrics()  # replaced by the runtime's in the lifespan
     app.state.metrics = metrics_holder
     errors.install(app)
-    auth = [Depends(require_key)]
+    # The key check, and with it the bearer scheme in the OpenAPI document, only where keys
+    # are configured: an open server that declared authentication would break the contract.
+    auth = [Depends(require_key)] if api_keys else []
     for module in (search, dicom, items, azure, classify, health):
         app.include_router(module.router, dependencies=auth)
     app.include_router(web.router)  # the page itself holds no data: no key needed
     app.mount("/static", web.static_files(), name="static")
     app.add_middleware(_MetricsProxy)
+    # added last is outermost: the size limit bounds what the depth check reads
+    app.add_middleware(JsonDepthLimit, max_depth=settings.max_json_depth)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # outermost, so that a viewer can read every answer, 413s included
         app.add_middleware(

@@ -1,9 +1,13 @@
-"""A memory budget for decodes in flight: the bytes that uploads waiting for a decoder
-worker, and the model inputs that come back, may hold in the server at once.
+"""A budget for decodes in flight: the bytes that uploads waiting for a decoder worker,
+and the model inputs that come back, may hold in the server at once, and how many decodes
+may wait at all.
 
-The pixel limit bounds one image; this bounds many. A request that finds no room waits
-up to ``wait_s`` for it, then gets 503 with ``Retry-After`` instead of growing the
-process. One job larger than the whole budget runs alone.
+The pixel limit bounds one image; this bounds many. Bytes bound memory; the number of
+decodes admitted (:data:`DECODES_PER_WORKER` per decoder process) bounds how long an
+admitted request can queue: a burst of small files that decode slowly (a 40-megapixel PNG
+of 40 KB) is refused early instead of holding every client for minutes. A request that
+finds no room waits up to ``wait_s`` for it, then gets 503 with ``Retry-After``. One job
+larger than the whole budget runs alone.
 """
 
 from __future__ import annotations
@@ -14,15 +18,18 @@ from contextlib import asynccontextmanager
 
 from service.errors import ServiceError
 
+DECODES_PER_WORKER = 4
 HAND_OVER_BYTES = 480 * 480 * 3
 """What a worker hands back per image at most: the model's input (or a smaller thumbnail)."""
 
 
 class DecodeBudget:
-    def __init__(self, capacity: int, wait_s: float = 5.0) -> None:
+    def __init__(self, capacity: int, jobs: int, wait_s: float = 5.0) -> None:
         self.capacity = capacity
+        self.jobs = jobs
         self.wait_s = wait_s
         self.used = 0
+        self.running = 0
         self._changed = asyncio.Condition()
 
     @asynccontextmanager
@@ -31,7 +38,9 @@ class DecodeBudget:
         async with self._changed:
             try:
                 await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self.used + size <= self.capacity),
+                    self._changed.wait_for(
+                        lambda: self.used + size <= self.capacity and self.running < self.jobs
+                    ),
                     self.wait_s,
                 )
             except TimeoutError:
@@ -42,9 +51,11 @@ class DecodeBudget:
                     {"Retry-After": "1"},
                 ) from None
             self.used += size
+            self.running += 1
         try:
             yield
         finally:
             async with self._changed:
                 self.used -= size
+                self.running -= 1
                 self._changed.notify_all()

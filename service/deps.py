@@ -28,6 +28,12 @@ def require_key(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
+    """401 unless the bearer token is one of the keys.
+
+    ``create_app`` attaches this only when keys are configured: its ``HTTPBearer``
+    dependency is what declares the bearer scheme in the OpenAPI document, so a server
+    without keys declares no authentication at all.
+    """
     keys: list[str] = request.app.state.api_keys
     if not keys:
         return

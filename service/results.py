@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from indexer.store.models import Item as ItemRow
+from indexer.store.records import ItemRecord
 from indexer.store.searcher import Hit as SearchHit
 from service.schemas import GroupBy, Hit, Item, ItemMetadata
 
 
-def item_model(row: ItemRow) -> Item:
+def item_model(row: ItemRecord) -> Item:
     return Item(
         id=row.id,
         source_uri=row.source_uri,
@@ -45,7 +45,7 @@ class Links:
     viewer_template: str | None = None
     wado_base: str | None = None
 
-    def of(self, row: ItemRow) -> dict[str, str | None]:
+    def of(self, row: ItemRecord) -> dict[str, str | None]:
         study, series, sop = row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid
         viewer = wado = None
         if self.viewer_template and study:

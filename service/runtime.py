@@ -22,6 +22,7 @@ from indexer.sources.dicomweb_client import DicomWebClient
 from indexer.store.catalog import Catalog, catalog_url
 from indexer.store.searcher import Searcher
 from service.batcher import MicroBatcher, Overloaded
+from service.budget import DECODES_PER_WORKER, HAND_OVER_BYTES, DecodeBudget
 from service.caches import LRU
 from service.config import ServiceSettings
 from service.errors import ServiceError
@@ -55,9 +56,16 @@ class Runtime:
         self.text_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-text")
         self.text_cache: LRU[str, Vector] = LRU(settings.text_cache_size)
         self.thumbnails: LRU[tuple[int, int], bytes] = LRU(settings.thumbnail_cache_size)
-        recipe = self.searcher.binding.recipe
+        self.recipe = self.encoder.recipe(self.searcher.binding.recipe)
+        self.decode_budget = DecodeBudget(
+            settings.decode_budget_mb << 20, jobs=DECODES_PER_WORKER * settings.workers
+        )
+        # one thread per decoder process: decodes never hold up searches in ``pool``
+        self.decode_pool = ThreadPoolExecutor(
+            settings.workers, thread_name_prefix="medsearch-decode"
+        )
         self.image_batcher: MicroBatcher[npt.NDArray[np.uint8], Vector] = MicroBatcher(
-            lambda images: list(self.encoder.embed_images(list(images), recipe)),
+            lambda inputs: list(self.encoder.embed_inputs(list(inputs), self.recipe.name)),
             self.image_pool,
             window_ms=settings.batch_window_ms,
             max_batch=settings.max_batch,
@@ -91,6 +99,7 @@ class Runtime:
         await self.image_batcher.stop()
         await self.text_batcher.stop()
         self.pool.shutdown(wait=False)
+        self.decode_pool.shutdown(wait=False)
         self.image_pool.shutdown(wait=False)
         self.text_pool.shutdown(wait=False)
         self.decoders.close()
@@ -141,8 +150,17 @@ class Runtime:
     async def embed_texts(self, texts: Sequence[str]) -> list[Vector]:
         return list(await asyncio.gather(*(self.embed_text(t) for t in texts)))
 
-    async def decode(self, data: bytes) -> DecodedImage:
-        result = await self.run(self.decoders.decode, DecodeJob(data=data))
+    async def decode(
+        self, data: bytes, *, model_input: bool = True, thumbnail: int | None = None
+    ) -> DecodedImage:
+        """Decode an upload or a source file in a guarded worker, which hands back only the
+        model's input (or a thumbnail): full-resolution pixels never reach this process.
+        The bytes waiting for a worker count against the decode budget (503 when full)."""
+        recipe = self.recipe if model_input and thumbnail is None else None
+        job = DecodeJob(data=data, recipe=recipe, thumbnail=thumbnail)
+        loop = asyncio.get_running_loop()
+        async with self.decode_budget.reserve(len(data) + HAND_OVER_BYTES):
+            result = await loop.run_in_executor(self.decode_pool, self.decoders.decode, job)
         if not result.ok:
             reason = result.reason or Reason.UNSUPPORTED
             raise ImageRefused(reason.value, result.detail)
@@ -154,9 +172,17 @@ class Runtime:
 
 
 def b64decode(value: str, max_bytes: int) -> bytes:
-    """Strict base64 (a ``data:`` URL prefix is accepted), refusing oversize input early."""
+    """Standard base64, strictly, refusing oversize input early.
+
+    Accepted around it: surrounding whitespace and a ``data:`` URL prefix; inside it: line
+    breaks (LF or CRLF), as ``base64.encodebytes`` writes them every 76 characters, which is
+    what Microsoft's MedImageInsight sample code and documented requests send. Anything else
+    (another character, a space inside, wrong padding) is invalid.
+    """
+    value = value.strip()
     if value.startswith("data:") and "," in value:
-        value = value.split(",", 1)[1]
+        value = value.split(",", 1)[1].lstrip()
+    value = value.replace("\r\n", "").replace("\n", "")
     if len(value) * 3 // 4 > max_bytes:
         raise ServiceError(413, "image too large", f"at most {max_bytes} bytes")
     try:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from indexer.store.filters import Filters
 
@@ -13,7 +13,10 @@ GroupBy = Literal["study", "series"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request: unknown fields and lax conversions (``"10"`` or ``true`` for an integer, ``1``
+    for a boolean) are refused, so that what is accepted is what the document declares."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SearchOptions(Strict):
@@ -104,14 +107,49 @@ class ClassifyResponse(BaseModel):
 
 
 # -- the Azure MedImageInsight schema, as documented
+DOCUMENTED_BOOLS = {"true": True, "True": True, "false": False, "False": False}
+
+
+def _documented_bool(value: object) -> object:
+    return DOCUMENTED_BOOLS.get(value, value) if isinstance(value, str) else value
+
+
+# The how-to's field table gives "True"/"False", its request example "true", its sample
+# code a JSON boolean: those, and nothing else ("yes", 1), are accepted.
+DocumentedBool = Annotated[
+    bool,
+    BeforeValidator(_documented_bool),
+    WithJsonSchema(
+        {"anyOf": [{"type": "boolean"}, {"type": "string", "enum": list(DOCUMENTED_BOOLS)}]}
+    ),
+]
+
+
 class AzureInputData(Strict):
     columns: list[Literal["image", "text"]] = Field(min_length=1, max_length=2)
-    index: list[int] = Field(default_factory=list, max_length=64)
-    data: list[list[str]] = Field(min_length=1, max_length=64)
+    index: Annotated[list[int], Field(max_length=64)] | Annotated[int, Field(ge=0, le=1024)] = (
+        Field(
+            default_factory=list,
+            description="row labels (the examples send a list, the field table a count); unused",
+        )
+    )
+    data: list[list[str]] = Field(
+        min_length=1,
+        max_length=64,
+        description=(
+            "one row per input, values in the order of columns; an image is standard base64"
+            " of a PNG, JPEG or DICOM file (line breaks, as base64.encodebytes writes them,"
+            ' are accepted), a missing image or text is ""'
+        ),
+    )
 
 
 class AzureParams(Strict):
-    get_scaling_factor: bool = False
+    get_scaling_factor: DocumentedBool = Field(
+        default=True,
+        description="return the model's logit scale as scaling_factor (default true, as "
+        "Microsoft documents it)",
+    )
 
 
 class AzureRequest(Strict):

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import Select, select
 
-from indexer.store.models import Item
+from indexer.store.models import ItemRow
 
 MAX_VALUES = 100  # values per filter field
 ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -51,31 +51,33 @@ class Filters(BaseModel):
 
 def filter_query(filters: Filters) -> Select[Any]:
     """``SELECT id FROM items WHERE status = 'active' AND <filters>``."""
-    query = select(Item.id).where(Item.status == "active")
+    query = select(ItemRow.id).where(ItemRow.status == "active")
     for name in ("modality", "body_part_examined", "view_position", "laterality"):
         values = getattr(filters, name)
         if values:
-            query = query.where(getattr(Item, name).in_(values))
+            query = query.where(getattr(ItemRow, name).in_(values))
     if filters.study_instance_uid:
-        query = query.where(Item.study_instance_uid.in_(filters.study_instance_uid))
+        query = query.where(ItemRow.study_instance_uid.in_(filters.study_instance_uid))
     if filters.series_instance_uid:
-        query = query.where(Item.series_instance_uid.in_(filters.series_instance_uid))
+        query = query.where(ItemRow.series_instance_uid.in_(filters.series_instance_uid))
     if filters.study_date_from:
-        query = query.where(Item.study_date >= filters.study_date_from)
+        query = query.where(ItemRow.study_date >= filters.study_date_from)
     if filters.study_date_to:
-        query = query.where(Item.study_date <= filters.study_date_to)
+        query = query.where(ItemRow.study_date <= filters.study_date_to)
     if filters.source_prefix:
         prefix = filters.source_prefix
-        query = query.where(Item.source_uri.startswith(prefix, autoescape=True))
+        query = query.where(ItemRow.source_uri.startswith(prefix, autoescape=True))
     if filters.labels:
         for column, value in filters.labels.items():
-            query = query.where(Item.labels[column].as_string() == value)
+            query = query.where(ItemRow.labels[column].as_string() == value)
     if filters.exclude_study_instance_uid:
         excluded = filters.exclude_study_instance_uid
         query = query.where(
-            (Item.study_instance_uid.is_(None)) | (Item.study_instance_uid.not_in(excluded))
+            (ItemRow.study_instance_uid.is_(None)) | (ItemRow.study_instance_uid.not_in(excluded))
         )
     if filters.exclude_patient_key:
         excluded = filters.exclude_patient_key
-        query = query.where((Item.patient_key.is_(None)) | (Item.patient_key.not_in(excluded)))
-    return query.order_by(Item.id)
+        query = query.where(
+            (ItemRow.patient_key.is_(None)) | (ItemRow.patient_key.not_in(excluded))
+        )
+    return query.order_by(ItemRow.id)

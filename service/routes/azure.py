@@ -3,7 +3,9 @@
 ``{"input_data": {"columns": ["image", "text"], "index": [0], "data": [[b64, text]]},
 "params": {"get_scaling_factor": true}}`` -> ``{"image_features": [...], "text_features":
 [...], "scaling_factor": logit_scale}``. A row may hold an image, a text, or both (empty
-string for the missing one); features come in row order.
+string for the missing one); features come in row order. As Microsoft's sample code sends
+them, images may be wrapped base64 (``base64.encodebytes``) and ``get_scaling_factor`` may
+be ``true``, ``"true"`` or ``"True"``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from tests.service.live import serve
 
 def test_a_full_budget_waits_then_refuses() -> None:
     async def scenario() -> list[str]:
-        budget = DecodeBudget(capacity=10, wait_s=0.2)
+        budget = DecodeBudget(capacity=10, jobs=8, wait_s=0.2)
         events: list[str] = []
         async with budget.reserve(8):
             try:
@@ -45,11 +45,18 @@ def test_a_full_budget_waits_then_refuses() -> None:
         await waiting
         async with budget.reserve(50):  # larger than the budget: runs alone
             events.append("oversize ran alone")
-        assert budget.used == 0
+        assert budget.used == 0 and budget.running == 0
+        one = DecodeBudget(capacity=100, jobs=1, wait_s=0.2)
+        async with one.reserve(1):
+            try:
+                async with one.reserve(1):
+                    events.append("second job ran")
+            except ServiceError:
+                events.append("second job refused")
         return events
 
     assert asyncio.run(scenario()) == [
-        "refused", "small ran", "waited and ran", "oversize ran alone",
+        "refused", "small ran", "waited and ran", "oversize ran alone", "second job refused",
     ]  # fmt: skip
 
 

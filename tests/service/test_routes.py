@@ -132,7 +132,8 @@ def test_azure_documented_request_verbatim(client: TestClient, encoder: Encoder)
                 "columns": ["image", "text"],
                 "index": [0, 1],
                 "data": [[_b64(png_path.read_bytes()), ""], ["", "ct abdomen"]],
-            }
+            },
+            "params": {"get_scaling_factor": False},
         }
         body = client.post("/v1/embed", json=mixed).json()
         assert len(body["image_features"]) == 1 and len(body["text_features"]) == 1
