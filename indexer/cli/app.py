@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterator
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsError
 
 from indexer.cli import db, embed, index, model, preview
 from indexer.errors import MedsearchError
@@ -32,9 +36,52 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="log at IN
     )
 
 
+def _settings_classes(cls: type[BaseSettings] = BaseSettings) -> Iterator[type[BaseSettings]]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _settings_classes(sub)
+
+
+def _variable(field: str, model: str | None = None) -> str:
+    """``MEDSEARCH_...``: the environment variable of ``field`` (of the class ``model``)."""
+    for cls in _settings_classes():
+        if (model is None or cls.__name__ == model) and field in cls.model_fields:
+            return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+    return field
+
+
+def _setting_refusals(exc: ValidationError | SettingsError) -> list[str] | None:
+    """One line per refused setting, naming its variable; never the value (maybe a secret).
+
+    ``None`` when ``exc`` is not about settings (a bug: let it show its traceback).
+    """
+    if isinstance(exc, SettingsError):  # a list or dict variable that is not JSON
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = _variable(match.group(1)) if match else "MEDSEARCH_*"
+        return [f'error: invalid setting {name}: not valid JSON (a list is written ["a", "b"])']
+    if not any(cls.__name__ == exc.title for cls in _settings_classes()):
+        return None
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        msg = error["msg"].removeprefix("Value error, ")
+        field = error["loc"][0] if error["loc"] else None
+        if isinstance(field, str):
+            lines.append(f"error: invalid setting {_variable(field, exc.title)}: {msg}")
+        else:  # a rule across fields
+            lines.append(f"error: invalid settings: {msg}")
+    return lines
+
+
 def main() -> None:
     try:
         app()
     except MedsearchError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except (ValidationError, SettingsError) as exc:  # MEDSEARCH_* variables
+        lines = _setting_refusals(exc)
+        if lines is None:
+            raise
+        for line in lines:
+            typer.echo(line, err=True)
         sys.exit(2)

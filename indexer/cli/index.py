@@ -1,132 +1,22 @@
-"""``medsearch index ...``: build, add, remove, stats, verify, rebuild, search."""
+"""``medsearch index ...``: build and add (:mod:`indexer.cli.build`), remove, stats,
+verify, rebuild, search."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
+from indexer.cli import build
+from indexer.cli.options import IndexOpt, ModelOpt
 from indexer.errors import MedsearchError
 
 app = typer.Typer(no_args_is_help=True, help="Build and query an index (catalog + FAISS).")
 
-IndexOpt = Annotated[
-    Path, typer.Option("--index", help="index directory (catalog + FAISS versions)")
-]
-ModelOpt = Annotated[
-    Path,
-    typer.Option("--model", help="exported model directory", envvar="MEDSEARCH_MODEL_DIR"),
-]
-
-
-def _build(
-    command: str,
-    sources: list[str],
-    index: Path,
-    model: Path,
-    workers: int,
-    batch_size: int,
-    rebuild: bool,
-    metadata: Path | None,
-    key: str,
-    frames: str,
-    report: Path | None,
-    progress: bool,
-    retry_failed: bool = False,
-    retry_reasons: list[str] | None = None,
-) -> None:
-    from indexer.pipeline.runner import BuildOptions, run_build
-    from indexer.settings import ImagingSettings
-    from indexer.store.retries import ALL, RetryPolicy
-
-    forced = list(retry_reasons or []) + ([ALL] if retry_failed else [])
-    try:
-        retry = RetryPolicy.forcing(forced)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--retry-reason") from None
-
-    if frames not in ("middle", "all"):
-        raise typer.BadParameter("--frames must be middle or all")
-    chosen: Literal["middle", "all"] = "all" if frames == "all" else "middle"
-    options = BuildOptions(
-        sources=sources,
-        index_dir=index,
-        model_dir=model,
-        workers=workers,
-        batch_size=batch_size,
-        rebuild=rebuild,
-        sidecar=metadata,
-        sidecar_key=key,
-        imaging=ImagingSettings(frames=chosen),
-        progress=progress,
-        command=command,
-        retry=retry,
-    )
-    result = run_build(options).to_dict()
-    result.pop("batches")
-    if report is not None:
-        report.write_text(json.dumps(result, indent=2))
-    failed = ", ".join(f"{k} {v}" for k, v in sorted(result["failed"].items())) or "none"
-    skipped = sum(result["skipped"].values())
-    typer.echo(
-        f"indexed {result['indexed']}, skipped {skipped} already indexed and "
-        f"{result['duplicates']} duplicates, failed: {failed}; "
-        f"{result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s; "
-        f"index {result['index'].get('version')} holds {result['index'].get('count')}"
-    )
-
-
-@app.command()
-def build(
-    sources: Annotated[list[str], typer.Argument(help="folders, zip/tar files, DICOMDIRs")],
-    index: IndexOpt,
-    model: ModelOpt,
-    workers: Annotated[int, typer.Option(min=1, help="decoder processes")] = 2,
-    batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 32,
-    rebuild: Annotated[bool, typer.Option(help="retrain the vector index from scratch")] = False,
-    metadata: Annotated[Path | None, typer.Option(help="sidecar CSV of labels")] = None,
-    key: Annotated[str, typer.Option(help="the sidecar column holding image paths")] = "path",
-    frames: Annotated[str, typer.Option(help="multi-frame DICOM: middle or all")] = "middle",
-    report: Annotated[Path | None, typer.Option(help="write the run report (JSON)")] = None,
-    progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
-    retry_failed: Annotated[
-        bool, typer.Option(help="retry every failed source, whatever its reason and attempts")
-    ] = False,
-    retry_reason: Annotated[
-        list[str] | None,
-        typer.Option(help="retry the failures with this reason, e.g. corrupt (repeatable)"),
-    ] = None,
-) -> None:
-    """Index SOURCES into --index (resumable: rerun after a crash to continue).
-
-    Sources that failed for a transient reason (decoder crashed, decode timeout, decode
-    memory limit, cannot read source, internal error) are retried by later runs, up to 3
-    attempts in all; other failures only with --retry-failed or --retry-reason."""
-    _build(
-        "build", sources, index, model, workers, batch_size, rebuild, metadata, key, frames,
-        report, progress, retry_failed, retry_reason,
-    )  # fmt: skip
-
-
-@app.command()
-def add(
-    sources: Annotated[list[str], typer.Argument(help="folders, zip/tar files, DICOMDIRs")],
-    index: IndexOpt,
-    model: ModelOpt,
-    workers: Annotated[int, typer.Option(min=1)] = 2,
-    batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 32,
-    metadata: Annotated[Path | None, typer.Option(help="sidecar CSV of labels")] = None,
-    key: Annotated[str, typer.Option(help="the sidecar column holding image paths")] = "path",
-    frames: Annotated[str, typer.Option(help="middle or all")] = "middle",
-    progress: Annotated[bool, typer.Option()] = True,
-) -> None:
-    """Add new items from SOURCES to an existing index."""
-    _build(
-        "add", sources, index, model, workers, batch_size, False, metadata, key, frames, None,
-        progress,
-    )  # fmt: skip
+app.command()(build.build)
+app.command()(build.add)
 
 
 @app.command()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from indexer.encoders.manifest import Manifest, read_manifest, verify_files
 from indexer.encoders.preprocess import Recipe, builtin_test_image, normalise, prepare
-from indexer.encoders.sessions import CUDA, SessionOptions, create_session
+from indexer.encoders.sessions import CUDA, SessionOptions, create_session, run_session
 from indexer.encoders.tokenizer import ClipTokenizer
 from indexer.errors import ManifestError, SelfTestError, TextInputError
 from indexer.settings import EncoderSettings
@@ -136,7 +136,9 @@ class Encoder:
         out = []
         for start in range(0, len(pixel_values), self.batch_size):
             chunk = np.ascontiguousarray(pixel_values[start : start + self.batch_size])
-            out.append(self._image.run(["image_embeds"], {"pixel_values": chunk})[0])
+            out.append(
+                run_session(self._image, self.provider, "image_embeds", {"pixel_values": chunk})
+            )
         return _stack(out, self.manifest.embedding_dim)
 
     def embed_images(self, images: Sequence[ImageInput], recipe: str | None = None) -> Embeddings:
@@ -163,12 +165,8 @@ class Encoder:
         out = []
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(texts[start : start + self.batch_size])
-            out.append(
-                self._text.run(
-                    ["text_embeds"],
-                    {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
-                )[0]
-            )
+            feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            out.append(run_session(self._text, self.provider, "text_embeds", feeds))
         return _stack(out, self.manifest.embedding_dim)
 
     # ---------------------------------------------------------------- self-test

@@ -20,6 +20,7 @@ class Embedder:
         self.encoder = encoder
         self.recipe = recipe
         self.busy_s = 0.0
+        self.cpu_s = 0.0  # this stage's thread CPU time (normalisation, encoder calls)
 
     @property
     def batch_size(self) -> int:
@@ -33,7 +34,8 @@ class Embedder:
         for p in batch:
             if any(im.recipe != self.recipe for im in p.result.images):
                 raise ValueError(f"{p.read.item.uri}: not prepared for recipe {self.recipe!r}")
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         out = self.encoder.embed_inputs(inputs, self.recipe)
         self.busy_s += time.perf_counter() - started
+        self.cpu_s += time.thread_time() - cpu
         return out

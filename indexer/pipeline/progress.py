@@ -68,7 +68,7 @@ class Progress:
             BarColumn(),
             MofNCompleteColumn(),
             TaskProgressColumn(),
-            TextColumn("{task.fields[rate]} files/s"),
+            TextColumn("{task.fields[rate]} images/s"),
             TextColumn("indexed {task.fields[indexed]} failed {task.fields[failed]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
@@ -93,6 +93,7 @@ class Progress:
         self._bar.stop()
 
     def advance(self, n: int, *, indexed: int, failed: int) -> None:
+        """``n`` more items done; the rate is the whole build's images indexed per second."""
         self._done += n
-        rate = self._done / max(time.perf_counter() - self._start, 1e-9)
+        rate = indexed / max(time.perf_counter() - self._start, 1e-9)
         self._bar.update(self._task, advance=n, rate=f"{rate:.1f}", indexed=indexed, failed=failed)

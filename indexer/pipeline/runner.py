@@ -145,12 +145,13 @@ def binding_for(encoder: Encoder, recipe: str | None) -> ModelBinding:
     )
 
 
-def run_build(options: BuildOptions) -> BuildReport:
+def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildReport:
+    """Run a build; ``encoder``: one already loaded (the pipeline benchmark's stand-in)."""
     started = time.perf_counter()
     encoder_settings = options.encoder
     if options.batch_size is not None:
         encoder_settings = encoder_settings.model_copy(update={"batch_size": options.batch_size})
-    encoder = Encoder.load(options.model_dir, encoder_settings)
+    encoder = encoder or Encoder.load(options.model_dir, encoder_settings)
     binding = binding_for(encoder, options.recipe)
     recipe = encoder.recipe(binding.recipe)
     sidecar = SidecarTable.load(options.sidecar, options.sidecar_key) if options.sidecar else None
@@ -165,6 +166,7 @@ def run_build(options: BuildOptions) -> BuildReport:
     total = count_items(options.sources, catalog, options.retry) if options.progress else None
     status = "failed"
     preparers = [Preparer(options.imaging, recipe) for _ in range(options.workers)]
+    embedder = Embedder(encoder, binding.recipe)
     try:
         with Progress(total, enabled=options.progress) as progress:
 
@@ -189,12 +191,13 @@ def run_build(options: BuildOptions) -> BuildReport:
                 ),
                 lambda read: fetch(read, options.imaging.max_file_bytes),
                 preparers,
-                Embedder(encoder, binding.recipe),
+                embedder,
                 Writer(catalog, run_id),
                 io_threads=options.io_threads,
                 on_commit=committed,
             )
             report.stages = stats.to_dict()
+            report.stages["embed_cpu_s"] = round(embedder.cpu_s, 3)
             report.stage_seconds = stats.busy_s
         report.index = sync_index(catalog, options.index_dir, binding, rebuild=options.rebuild)
         status = "done"

@@ -25,7 +25,8 @@ from indexer.errors import CatalogError, ModelMismatchError
 from indexer.settings import CatalogSettings
 from indexer.store import db
 from indexer.store.filters import Filters, filter_query
-from indexer.store.models import CatalogInfo, Failure, Item, Run, utcnow
+from indexer.store.models import CatalogInfo, Failure, ItemRow, Run, utcnow
+from indexer.store.records import ItemRecord
 from indexer.store.retries import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -164,7 +165,9 @@ class Catalog:
         with self.session() as s:
             for start in range(0, len(uris), 500):
                 chunk = list(uris[start : start + 500])
-                seen.update(s.scalars(select(Item.source_uri).where(Item.source_uri.in_(chunk))))
+                seen.update(
+                    s.scalars(select(ItemRow.source_uri).where(ItemRow.source_uri.in_(chunk)))
+                )
                 failed = s.execute(
                     select(Failure.source_uri, Failure.reason, Failure.attempts).where(
                         Failure.source_uri.in_(chunk)
@@ -184,10 +187,10 @@ class Catalog:
             identities = [item.identity for item in items]
             existing = set(
                 s.scalars(
-                    select(Item.identity).where(
-                        Item.identity.in_(identities),
-                        Item.model_fingerprint == binding.model_fingerprint,
-                        Item.recipe == binding.recipe,
+                    select(ItemRow.identity).where(
+                        ItemRow.identity.in_(identities),
+                        ItemRow.model_fingerprint == binding.model_fingerprint,
+                        ItemRow.recipe == binding.recipe,
                     )
                 )
             )
@@ -203,7 +206,7 @@ class Catalog:
                 if vector.shape != (binding.embedding_dim,):
                     raise ModelMismatchError(f"embedding of dimension {vector.shape}")
                 rows.append(
-                    Item(
+                    ItemRow(
                         identity=item.identity,
                         source_uri=item.source_uri,
                         embedding=vector.tobytes(),
@@ -223,16 +226,16 @@ class Catalog:
         """Tombstone items by SOP/Series/Study Instance UID or source URI prefix."""
         if not uids and not source_prefix:
             raise CatalogError("give UIDs or a source prefix to remove")
-        query = update(Item).where(Item.status == "active")
+        query = update(ItemRow).where(ItemRow.status == "active")
         if uids:
             wanted = list(uids)
             query = query.where(
-                Item.sop_instance_uid.in_(wanted)
-                | Item.series_instance_uid.in_(wanted)
-                | Item.study_instance_uid.in_(wanted)
+                ItemRow.sop_instance_uid.in_(wanted)
+                | ItemRow.series_instance_uid.in_(wanted)
+                | ItemRow.study_instance_uid.in_(wanted)
             )
         if source_prefix:
-            query = query.where(Item.source_uri.startswith(source_prefix, autoescape=True))
+            query = query.where(ItemRow.source_uri.startswith(source_prefix, autoescape=True))
         with self.session() as s, s.begin():
             result = s.execute(query.values(status="removed", updated_at=utcnow()))
             return int(getattr(result, "rowcount", 0) or 0)
@@ -240,11 +243,13 @@ class Catalog:
     # -- reading
     def high_water(self) -> int:
         with self.session() as s:
-            return int(s.scalar(select(func.max(Item.id))) or 0)
+            return int(s.scalar(select(func.max(ItemRow.id))) or 0)
 
     def count(self, status: str = "active") -> int:
         with self.session() as s:
-            return int(s.scalar(select(func.count(Item.id)).where(Item.status == status)) or 0)
+            return int(
+                s.scalar(select(func.count(ItemRow.id)).where(ItemRow.status == status)) or 0
+            )
 
     def vectors(
         self, *, after_id: int = 0, upto_id: int | None = None, batch: int = 20_000
@@ -252,11 +257,13 @@ class Catalog:
         """Active (id, embedding) pairs in id order, in chunks."""
         last = after_id
         while True:
-            query = select(Item.id, Item.embedding).where(Item.status == "active", Item.id > last)
+            query = select(ItemRow.id, ItemRow.embedding).where(
+                ItemRow.status == "active", ItemRow.id > last
+            )
             if upto_id is not None:
-                query = query.where(Item.id <= upto_id)
+                query = query.where(ItemRow.id <= upto_id)
             with self.session() as s:
-                rows = s.execute(query.order_by(Item.id).limit(batch)).all()
+                rows = s.execute(query.order_by(ItemRow.id).limit(batch)).all()
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -265,23 +272,25 @@ class Catalog:
             last = int(ids[-1])
 
     def removed_ids(self, *, since: dt.datetime | None = None) -> npt.NDArray[np.int64]:
-        query = select(Item.id).where(Item.status == "removed")
+        query = select(ItemRow.id).where(ItemRow.status == "removed")
         if since is not None:
-            query = query.where(Item.updated_at >= since)
+            query = query.where(ItemRow.updated_at >= since)
         with self.session() as s:
             return np.fromiter(s.scalars(query), dtype=np.int64)
 
     def embeddings(self, ids: Iterable[int]) -> dict[int, npt.NDArray[np.float32]]:
         wanted = list(ids)
         with self.session() as s:
-            rows = s.execute(select(Item.id, Item.embedding).where(Item.id.in_(wanted))).all()
+            rows = s.execute(
+                select(ItemRow.id, ItemRow.embedding).where(ItemRow.id.in_(wanted))
+            ).all()
         return {int(r[0]): np.frombuffer(r[1], dtype="<f4").astype(np.float32) for r in rows}
 
-    def items(self, ids: Iterable[int]) -> dict[int, Item]:
+    def items(self, ids: Iterable[int]) -> dict[int, ItemRecord]:
         wanted = list(ids)
         with self.session() as s:
-            rows = s.scalars(select(Item).where(Item.id.in_(wanted))).all()
-        return {row.id: row for row in rows}
+            rows = s.scalars(select(ItemRow).where(ItemRow.id.in_(wanted))).all()
+            return {row.id: ItemRecord.from_row(row) for row in rows}
 
     def filter_ids(self, filters: Filters) -> npt.NDArray[np.int64]:
         with self.session() as s:
@@ -291,11 +300,11 @@ class Catalog:
         with self.session() as s:
             return list(
                 s.scalars(
-                    select(Item.id).where(
-                        Item.status == "active",
-                        (Item.sop_instance_uid == uid)
-                        | (Item.series_instance_uid == uid)
-                        | (Item.study_instance_uid == uid),
+                    select(ItemRow.id).where(
+                        ItemRow.status == "active",
+                        (ItemRow.sop_instance_uid == uid)
+                        | (ItemRow.series_instance_uid == uid)
+                        | (ItemRow.study_instance_uid == uid),
                     )
                 )
             )
@@ -303,13 +312,13 @@ class Catalog:
     def stats(self) -> dict[str, Any]:
         with self.session() as s:
             by_status = dict(
-                s.execute(select(Item.status, func.count()).group_by(Item.status)).all()
+                s.execute(select(ItemRow.status, func.count()).group_by(ItemRow.status)).all()
             )
             by_modality = dict(
                 s.execute(
-                    select(Item.modality, func.count())
-                    .where(Item.status == "active")
-                    .group_by(Item.modality)
+                    select(ItemRow.modality, func.count())
+                    .where(ItemRow.status == "active")
+                    .group_by(ItemRow.modality)
                 ).all()
             )
             by_attempts = s.execute(

@@ -77,7 +77,7 @@ class Run(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
-class Item(Base):
+class ItemRow(Base):
     __tablename__ = "items"
     __table_args__ = (
         UniqueConstraint("identity", "model_fingerprint", "recipe", name="uq_items_identity"),

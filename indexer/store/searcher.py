@@ -20,7 +20,7 @@ from indexer.errors import CatalogError, ModelMismatchError
 from indexer.store.catalog import Catalog, ModelBinding
 from indexer.store.filters import Filters
 from indexer.store.index_files import LoadedIndex
-from indexer.store.models import Item
+from indexer.store.records import ItemRecord
 from indexer.store.sync import index_store
 from indexer.store.vector_index import rerank, search
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 class Hit:
     id: int
     score: float
-    item: Item
+    item: ItemRecord
 
 
 class Searcher:

@@ -22,7 +22,7 @@ from indexer.imaging import decode_path
 from indexer.pipeline.runner import BuildReport, open_catalog, run_build
 from indexer.settings import ImagingSettings
 from indexer.store import db
-from indexer.store.models import Item
+from indexer.store.models import ItemRow
 from indexer.store.searcher import Searcher
 from indexer.store.verify import verify
 from service.app import create_app
@@ -61,7 +61,7 @@ def _identities(catalog_url: str) -> set[str]:
     engine = db.make_engine(catalog_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(select(Item.identity).where(Item.status == "active"))
+            rows = conn.execute(select(ItemRow.identity).where(ItemRow.status == "active"))
             return {row[0] for row in rows}
     finally:
         engine.dispose()

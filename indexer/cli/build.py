@@ -1,0 +1,123 @@
+"""``medsearch index build`` and ``index add``: run the bulk pipeline over sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from indexer.cli.options import IndexOpt, ModelOpt
+
+Sources = Annotated[list[str], typer.Argument(help="folders, zip/tar files, DICOMDIRs, PACS")]
+Workers = Annotated[
+    int, typer.Option(min=1, help="decoder processes (decode + render + preprocess)")
+]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        min=1, max=1024, help="images per encoder run (default: MEDSEARCH_BATCH_SIZE, 32)"
+    ),
+]
+IoThreads = Annotated[
+    int, typer.Option(min=1, max=64, help="threads reading archive members and PACS instances")
+]
+Metadata = Annotated[Path | None, typer.Option(help="sidecar CSV of labels")]
+Key = Annotated[str, typer.Option(help="the sidecar column holding image paths")]
+Frames = Annotated[str, typer.Option(help="multi-frame DICOM: middle or all")]
+ShowProgress = Annotated[bool, typer.Option(help="progress bar on stderr")]
+
+
+def run(command: str, sources: list[str], index: Path, model: Path, **kw: Any) -> None:
+    from indexer.pipeline.runner import BuildOptions, run_build
+    from indexer.settings import ImagingSettings
+    from indexer.store.retries import ALL, RetryPolicy
+
+    forced = list(kw.pop("retry_reason", None) or [])
+    forced += [ALL] if kw.pop("retry_failed", False) else []
+    try:
+        retry = RetryPolicy.forcing(forced)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--retry-reason") from None
+    frames = kw.pop("frames")
+    if frames not in ("middle", "all"):
+        raise typer.BadParameter("--frames must be middle or all")
+    chosen: Literal["middle", "all"] = "all" if frames == "all" else "middle"
+    report_path: Path | None = kw.pop("report", None)
+    options = BuildOptions(
+        sources=sources,
+        index_dir=index,
+        model_dir=model,
+        sidecar=kw.pop("metadata"),
+        sidecar_key=kw.pop("key"),
+        imaging=ImagingSettings(frames=chosen),
+        command=command,
+        retry=retry,
+        **kw,
+    )
+    result = run_build(options).to_dict()
+    if report_path is not None:
+        report_path.write_text(json.dumps(result, indent=2))
+    failed = ", ".join(f"{k} {v}" for k, v in sorted(result["failed"].items())) or "none"
+    skipped = sum(result["skipped"].values())
+    limiting = result["stages"].get("limiting_stage") or "-"
+    typer.echo(
+        f"indexed {result['indexed']}, skipped {skipped} already indexed and "
+        f"{result['duplicates']} duplicates, failed: {failed}; "
+        f"{result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s "
+        f"(limited by {limiting}); "
+        f"index {result['index'].get('version')} holds {result['index'].get('count')}"
+    )
+
+
+def build(
+    sources: Sources,
+    index: IndexOpt,
+    model: ModelOpt,
+    workers: Workers = 2,
+    batch_size: BatchSize = None,
+    io_threads: IoThreads = 4,
+    rebuild: Annotated[bool, typer.Option(help="retrain the vector index from scratch")] = False,
+    metadata: Metadata = None,
+    key: Key = "path",
+    frames: Frames = "middle",
+    report: Annotated[Path | None, typer.Option(help="write the run report (JSON)")] = None,
+    progress: ShowProgress = True,
+    retry_failed: Annotated[
+        bool, typer.Option(help="retry every failed source, whatever its reason and attempts")
+    ] = False,
+    retry_reason: Annotated[
+        list[str] | None,
+        typer.Option(help="retry the failures with this reason, e.g. corrupt (repeatable)"),
+    ] = None,
+) -> None:
+    """Index SOURCES into --index (resumable: rerun after a crash to continue).
+
+    Sources that failed for a transient reason (decoder crashed, decode timeout, decode
+    memory limit, cannot read source, internal error) are retried by later runs, up to 3
+    attempts in all; other failures only with --retry-failed or --retry-reason."""
+    run(
+        "build", sources, index, model, workers=workers, batch_size=batch_size,
+        io_threads=io_threads, rebuild=rebuild, metadata=metadata, key=key, frames=frames,
+        report=report, progress=progress, retry_failed=retry_failed, retry_reason=retry_reason,
+    )  # fmt: skip
+
+
+def add(
+    sources: Sources,
+    index: IndexOpt,
+    model: ModelOpt,
+    workers: Workers = 2,
+    batch_size: BatchSize = None,
+    io_threads: IoThreads = 4,
+    metadata: Metadata = None,
+    key: Key = "path",
+    frames: Frames = "middle",
+    progress: ShowProgress = True,
+) -> None:
+    """Add new items from SOURCES to an existing index."""
+    run(
+        "add", sources, index, model, workers=workers, batch_size=batch_size,
+        io_threads=io_threads, metadata=metadata, key=key, frames=frames, progress=progress,
+    )  # fmt: skip
