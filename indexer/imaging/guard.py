@@ -43,20 +43,17 @@ import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-from PIL import Image
 from pydantic import SecretStr
 
-from indexer.encoders.preprocess import Recipe, prepare
-from indexer.errors import ImageInputError
+from indexer.encoders.preprocess import Recipe
 from indexer.imaging.decode import decode_bytes, decode_path
-from indexer.imaging.types import DecodedImage, DecodeResult, FileInfo, Reason
+from indexer.imaging.handover import SharedSlot, WorkerSlots, hand_over, slot_bytes
+from indexer.imaging.types import DecodeResult, FileInfo, Reason
 from indexer.settings import ImagingSettings
 
 logger = logging.getLogger(__name__)
@@ -111,29 +108,6 @@ def _capture_output(path: str) -> None:
     warnings.simplefilter("always")  # one line per item, not once per process
 
 
-def _thumbnail(pixels: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
-    img = Image.fromarray(pixels)
-    img.thumbnail((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
-
-
-def hand_over(result: DecodeResult, job: DecodeJob) -> DecodeResult:
-    """What of ``result`` the job asked for (see :class:`DecodeJob`)."""
-    if not result.ok or (job.recipe is None and job.thumbnail is None):
-        return result
-    images: list[DecodedImage] = []
-    try:
-        for image in result.images:
-            if job.recipe is not None:
-                pixels = prepare(image.pixels, job.recipe, grey=image.grey)
-                images.append(replace(image, pixels=pixels, recipe=job.recipe.name))
-            elif job.thumbnail is not None:
-                images.append(replace(image, pixels=_thumbnail(image.pixels, job.thumbnail)))
-    except ImageInputError as exc:
-        return DecodeResult(file=result.file, reason=Reason.UNDECODABLE, detail=str(exc))
-    return replace(result, images=images)
-
-
 def _serve(conn: Connection, settings_json: str, salt: str | None, capture: str) -> None:
     """Worker main loop: decode jobs until the pipe closes.
 
@@ -146,9 +120,10 @@ def _serve(conn: Connection, settings_json: str, salt: str | None, capture: str)
     if salt is not None:
         settings = settings.model_copy(update={"patient_hash_salt": SecretStr(salt)})
     _limit_memory(settings.decode_memory_mb)
+    slots = WorkerSlots()
     while True:
         try:
-            job: DecodeJob = conn.recv()
+            job, slot = conn.recv()
         except (EOFError, OSError):
             return
         except MemoryError:
@@ -160,13 +135,15 @@ def _serve(conn: Connection, settings_json: str, salt: str | None, capture: str)
                 result = decode_bytes(job.data or b"", settings)
             if result.reason == Reason.MEMORY:
                 os._exit(MEMORY_EXIT)
-            conn.send((hand_over(result, job), _address_space()))
+            handed = hand_over(result, job.recipe, job.thumbnail)
+            message, layout = slots.put(handed, slot if job.recipe is not None else None)
+            conn.send((message, layout, _address_space()))
         except MemoryError:
             os._exit(MEMORY_EXIT)
         except OSError as exc:
             detail = exc.strerror or type(exc).__name__
             failed = DecodeResult(file=FileInfo("", 0), reason=Reason.CORRUPT, detail=detail)
-            conn.send((failed, _address_space()))
+            conn.send((failed, None, _address_space()))
 
 
 def _redact(line: str) -> str:
@@ -188,8 +165,15 @@ class DecoderWorker:
         self._base_vm = 0  # its address space after its first job
         fd, self._capture = tempfile.mkstemp(prefix="medsearch-decoder-", suffix=".log")
         os.close(fd)
+        self._captured = True  # the capture file may hold output: empty it before a job
+        self._slot: SharedSlot | None = None
         self.restarts = 0
         self.recycled = 0
+
+    def start(self) -> None:
+        """Start the process now (it imports its codecs while the caller goes on)."""
+        if self._proc is None:
+            self._start()
 
     def _start(self) -> Connection:
         parent, child = self._ctx.Pipe()
@@ -206,6 +190,7 @@ class DecoderWorker:
         return parent
 
     def _kill(self) -> None:
+        self._captured = True  # a dying worker may have written its traceback
         if self._proc is not None:
             self._proc.kill()
             self._proc.join(timeout=5)
@@ -214,7 +199,10 @@ class DecoderWorker:
         self._proc, self._conn = None, None
 
     def _read_capture(self) -> list[str]:
+        """What the worker wrote since the job was sent (usually nothing: one stat)."""
         try:
+            if os.stat(self._capture).st_size == 0:
+                return []
             with open(self._capture, "rb") as fp:
                 text = fp.read(CAPTURE_BYTES).decode("utf-8", "replace")
         except OSError:
@@ -230,13 +218,16 @@ class DecoderWorker:
     def _attempt(self, job: DecodeJob) -> DecodeResult:
         conn = self._connection()
         info = FileInfo("", len(job.data) if job.data is not None else 0)
-        os.truncate(self._capture, 0)
+        if self._captured:
+            os.truncate(self._capture, 0)
         try:
-            conn.send(job)
+            slot = self._slot_for(job)
+            conn.send((job, slot.name if slot is not None else None))
             if conn.poll(self.settings.decode_timeout_s):
-                result, address_space = conn.recv()
+                message, layout, address_space = conn.recv()
+                result = slot.take(message, layout) if slot is not None else message
                 self._after_job(result, address_space)
-                return result  # type: ignore[no-any-return]
+                return result
             reason, detail = Reason.TIMEOUT, f"over {self.settings.decode_timeout_s:g} s"
         except (EOFError, OSError, BrokenPipeError):
             if self._proc is not None:
@@ -254,8 +245,20 @@ class DecoderWorker:
         self.restarts += 1
         return DecodeResult(file=info, reason=reason, detail=detail)
 
+    def _slot_for(self, job: DecodeJob) -> SharedSlot | None:
+        """This worker's shared-memory slot, sized for the job's model input."""
+        if job.recipe is None:
+            return None
+        size = slot_bytes(job.recipe)
+        if self._slot is None or self._slot.size < size:
+            if self._slot is not None:
+                self._slot.close()
+            self._slot = SharedSlot(size)
+        return self._slot
+
     def _after_job(self, result: DecodeResult, address_space: int) -> None:
         output = self._read_capture()
+        self._captured = bool(output)
         if output:
             logger.debug("decoder output (%d lines): %s", len(output), " | ".join(output[:5]))
         self._served += 1
@@ -284,6 +287,9 @@ class DecoderWorker:
     def close(self) -> None:
         self._kill()
         Path(self._capture).unlink(missing_ok=True)
+        if self._slot is not None:
+            self._slot.close()
+            self._slot = None
 
 
 class DecoderPool:

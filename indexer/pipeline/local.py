@@ -52,9 +52,11 @@ class StageStats:
     """Busy seconds and threads per stage, queue depths, and the limiting stage."""
 
     busy_s: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU of this process's threads
     threads: dict[str, int] = field(default_factory=dict)
     depths: dict[str, list[int]] = field(default_factory=dict)
     wall_s: float = 0.0
+    process_cpu_s: float = 0.0  # this process's CPU time (all threads) while the stages ran
 
     def utilisation(self) -> dict[str, float]:
         wall = max(self.wall_s, 1e-9)
@@ -67,9 +69,12 @@ class StageStats:
     def to_dict(self) -> dict[str, Any]:
         return {
             "busy_s": {k: round(v, 3) for k, v in self.busy_s.items()},
+            "cpu_s": {k: round(v, 3) for k, v in self.cpu_s.items()},
             "threads": self.threads,
             "utilisation": {k: round(v, 3) for k, v in self.utilisation().items()},
             "limiting_stage": self.limiting_stage(),
+            "wall_s": round(self.wall_s, 3),
+            "process_cpu_s": round(self.process_cpu_s, 3),
             "queue_depth": {
                 name: {"mean": round(float(np.mean(d)), 2) if d else 0.0, "max": max(d or [0])}
                 for name, d in self.depths.items()
@@ -120,10 +125,13 @@ class _Threads:
     def __init__(self, stop: threading.Event) -> None:
         self.stop = stop
         self.errors: list[BaseException] = []
+        self.cpu_s: dict[str, float] = {}
         self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
 
-    def start(self, name: str, body: Callable[[], None], output: Channel[Any]) -> None:
+    def start(self, stage: str, body: Callable[[], None], output: Channel[Any]) -> None:
         def run() -> None:
+            cpu = time.thread_time()
             try:
                 body()
                 output.close()
@@ -132,8 +140,13 @@ class _Threads:
             except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
                 self.errors.append(exc)
                 self.stop.set()
+            finally:
+                with self._lock:
+                    used = time.thread_time() - cpu
+                    self.cpu_s[stage] = self.cpu_s.get(stage, 0.0) + used
 
-        thread = threading.Thread(target=run, name=f"medsearch-{name}", daemon=True)
+        name = f"medsearch-{stage}-{len(self._threads)}"
+        thread = threading.Thread(target=run, name=name, daemon=True)
         self._threads.append(thread)
         thread.start()
 
@@ -164,7 +177,7 @@ def run_local(
     clock = {"read": 0.0, "fetch": 0.0}
     lock = threading.Lock()
     threads = _Threads(stop)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
 
     def read() -> None:
         source = iter(items)
@@ -208,13 +221,14 @@ def run_local(
             if got is None and prepared.ended and not order.waiting:
                 return
 
-    threads.start("reader", read, reads)
-    for n in range(io_threads):
-        threads.start(f"fetch-{n}", fetcher, jobs)
-    for n, stage in enumerate(preparers):
-        threads.start(f"prepare-{n}", preparer(stage), prepared)
-    threads.start("embedder", embed, encoded)
+    threads.start("read", read, reads)
+    for _ in range(io_threads):
+        threads.start("fetch", fetcher, jobs)
+    for stage in preparers:
+        threads.start("prepare", preparer(stage), prepared)
+    threads.start("embed", embed, encoded)
     channels: list[Channel[Any]] = [reads, jobs, prepared, encoded]
+    write_cpu = time.thread_time()
     try:
         for done, embeddings in encoded:
             counts = writer(done, embeddings)
@@ -231,6 +245,8 @@ def run_local(
     if threads.errors:
         raise threads.errors[0]
     stats.wall_s = time.perf_counter() - started
+    stats.process_cpu_s = time.process_time() - cpu
+    stats.cpu_s = {**threads.cpu_s, "write": time.thread_time() - write_cpu}
     stats.busy_s = {
         **clock,
         "prepare": sum(p.busy_s for p in preparers),

@@ -30,6 +30,7 @@ class Preparer:
     def __init__(self, imaging: ImagingSettings, recipe: Recipe) -> None:
         self.recipe = recipe
         self._worker = DecoderWorker(imaging)
+        self._worker.start()  # spawning takes a second: overlap it with model loading
         self.busy_s = 0.0
 
     def __call__(self, read: ReadItem, job: DecodeJob | DecodeResult) -> Prepared:

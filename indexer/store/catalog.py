@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.errors import CatalogError, ModelMismatchError
@@ -194,7 +194,7 @@ class Catalog:
                     )
                 )
             )
-            rows = []
+            rows: list[dict[str, Any]] = []
             duplicates = []
             for item in items:
                 if item.identity in existing:
@@ -206,21 +206,25 @@ class Catalog:
                 if vector.shape != (binding.embedding_dim,):
                     raise ModelMismatchError(f"embedding of dimension {vector.shape}")
                 rows.append(
-                    ItemRow(
-                        identity=item.identity,
-                        source_uri=item.source_uri,
-                        embedding=vector.tobytes(),
-                        model_fingerprint=binding.model_fingerprint,
-                        recipe=binding.recipe,
-                        render_policy=binding.render_policy,
-                        run_id=run_id,
+                    {
                         **item.fields,
-                    )
+                        "identity": item.identity,
+                        "source_uri": item.source_uri,
+                        "embedding": vector.tobytes(),
+                        "model_fingerprint": binding.model_fingerprint,
+                        "recipe": binding.recipe,
+                        "render_policy": binding.render_policy,
+                        "run_id": run_id,
+                    }
                 )
-            s.add_all(rows)
-            _record_failures(s, run_id, [*failures, *duplicates], {r.source_uri for r in rows})
+            ids: list[int] = []
+            if rows:  # one multi-row INSERT ... RETURNING, ids in the rows' order
+                insert_rows = insert(ItemRow).returning(ItemRow.id, sort_by_parameter_order=True)
+                ids = list(s.scalars(insert_rows, rows))
+            indexed = {str(r["source_uri"]) for r in rows}
+            _record_failures(s, run_id, [*failures, *duplicates], indexed)
             s.flush()
-            return [row.id for row in rows]
+            return ids
 
     def remove(self, *, uids: Sequence[str] = (), source_prefix: str | None = None) -> int:
         """Tombstone items by SOP/Series/Study Instance UID or source URI prefix."""
