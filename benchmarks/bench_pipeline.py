@@ -177,7 +177,7 @@ def overlap(corpus: Path, tmp: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=240)
-    parser.add_argument("--overlap-files", type=int, default=60)
+    parser.add_argument("--overlap-files", type=int, default=160)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     cores = os.cpu_count() or 1

@@ -20,7 +20,8 @@ A job never inherits another job's failure:
 What a job hands back is chosen by the job (:class:`DecodeJob`): the full rendering, the
 model's input for a recipe (480x480 ``uint8``, grey kept as one channel), or a thumbnail.
 Only that crosses the process boundary, never full-resolution pixels that the caller
-does not need.
+does not need; model inputs cross through a shared-memory slot per worker
+(:mod:`indexer.imaging.handover`).
 
 Codec libraries write to the terminal (``Invalid number of tiles``, pydicom warnings) and a
 dying worker prints its traceback: a worker's standard output and error go to a capture
@@ -136,7 +137,7 @@ def _serve(conn: Connection, settings_json: str, salt: str | None, capture: str)
             if result.reason == Reason.MEMORY:
                 os._exit(MEMORY_EXIT)
             handed = hand_over(result, job.recipe, job.thumbnail)
-            message, layout = slots.put(handed, slot if job.recipe is not None else None)
+            message, layout = slots.put(handed, slot)  # no slot: all in the message
             conn.send((message, layout, _address_space()))
         except MemoryError:
             os._exit(MEMORY_EXIT)

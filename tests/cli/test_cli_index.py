@@ -137,3 +137,25 @@ def test_read_only_commands_leave_a_catalog_unchanged(folder: Path, tmp_path: Pa
         run = medsearch("index", *args)
         assert run.returncode == 0, run.stderr[-1000:]
     assert catalog.read_bytes() == before
+
+
+def test_a_build_prints_the_summary_not_codec_chatter(tmp_path: Path) -> None:
+    """openjpeg writes "Marker handler function failed ..." to the terminal for a damaged
+    codestream, and pydicom warns; a build's output is its summary line alone."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ct, us = get_testdata_file("CT_small.dcm"), get_testdata_file("US1_J2KR.dcm")
+    assert ct is not None and us is not None
+    shutil.copy(ct, src / "ct.dcm")
+    data = bytearray(Path(us).read_bytes())
+    siz = data.find(b"\xff\x51")
+    data[siz + 40 : siz + 42] = b"\0\0"  # an invalid component subsampling in the SIZ
+    (src / "damaged_j2k.dcm").write_bytes(bytes(data))
+    run = medsearch(
+        "index", "build", str(src), "--index", str(tmp_path / "index"), "--model", MODEL,
+        "--no-progress", env=QUICK,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr == "", run.stderr
+    assert run.stdout.count("\n") == 1 and run.stdout.startswith("indexed 1,"), run.stdout
+    assert "cannot decode pixel data 1" in run.stdout
