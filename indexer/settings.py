@@ -7,9 +7,9 @@ refused when it is built.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,12 +36,43 @@ class EncoderSettings(BaseSettings):
     self_test: bool = Field(default=True, description="refuse a model that fails its goldens")
 
 
+def check_catalog_url(value: SecretStr | None) -> SecretStr | None:
+    """A SQLAlchemy URL whose dialect and driver are installed; empty is unset.
+
+    The messages never quote the URL: it may hold a password.
+    """
+    if value is None or not value.get_secret_value().strip():
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(value.get_secret_value())
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "not a database URL (dialect+driver://user:password@host/database)"
+        ) from None
+    try:
+        url.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise ValueError(f"SQLAlchemy has no dialect {url.drivername!r}") from None
+    except ImportError as exc:
+        raise ValueError(
+            f"the driver of {url.drivername!r} is not installed (no module {exc.name!r})"
+        ) from None
+    return value
+
+
+# MEDSEARCH_CATALOG_URL, read by the indexer's and the service's settings
+CatalogUrl = Annotated[SecretStr | None, AfterValidator(check_catalog_url)]
+
+
 class CatalogSettings(BaseSettings):
     """Where the catalog lives: SQLite in the index directory, or a database server."""
 
     model_config = SettingsConfigDict(env_prefix="MEDSEARCH_", extra="ignore")
 
-    catalog_url: SecretStr | None = Field(
+    catalog_url: CatalogUrl = Field(
         default=None,
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user:password@host/medsearch "
         "(one database per index directory); default: catalog.sqlite3 in the index directory",

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from service import errors
-from service.config import ServiceSettings
+from service.config import EngineSettings, ServiceSettings
 from service.deps import require_key
 from service.metrics import Metrics
 from service.middleware import BodyLimit, JsonDepthLimit, RequestMetrics
@@ -29,12 +29,14 @@ def _error_responses(*, with_auth: bool) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in sorted(codes)}
 
 
-def create_app(settings: ServiceSettings) -> FastAPI:
-    """An app for ``settings``; the model and index load in the lifespan."""
+def create_app(settings: ServiceSettings, engine: EngineSettings | None = None) -> FastAPI:
+    """An app for ``settings`` and ``engine`` (default: built from them and the environment
+    now); the model and index load in the lifespan."""
+    engine = engine or EngineSettings.for_service(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(settings)
+        runtime = Runtime(settings, engine)
         app.state.runtime = runtime
         app.state.metrics = runtime.metrics
         runtime.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -21,10 +20,12 @@ def serve(
         bool, typer.Option(help="bind beyond loopback without API keys (trusted networks)")
     ] = False,
 ) -> None:
-    """Serve search over --index with --model (settings: MEDSEARCH_* variables)."""
-    from pydantic import ValidationError
+    """Serve search over --index with --model (settings: MEDSEARCH_* variables).
 
-    from service.config import ServiceSettings
+    Every setting is read and checked, and the model's manifest and the index's catalog
+    opened, before the server starts: a bad value is refused (exit 2) naming its variable.
+    """
+    from service.config import EngineSettings, ServiceSettings
 
     overrides: dict[str, object] = {
         "index_dir": index,
@@ -34,18 +35,38 @@ def serve(
     }
     if allow_unauthenticated:  # otherwise MEDSEARCH_ALLOW_UNAUTHENTICATED decides
         overrides["allow_unauthenticated"] = True
-    try:
-        settings = ServiceSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        for error in exc.errors():
-            typer.echo(f"error: {error['msg'].removeprefix('Value error, ')}", err=True)
-        sys.exit(2)
+    # a refused value reaches indexer.cli.app.main(), which names its variable
+    settings = ServiceSettings(**overrides)  # type: ignore[arg-type]
+    engine = EngineSettings.for_service(settings)
+    _check_directories(settings.index_dir, settings.model_dir)
     # imported once the settings are accepted: a refusal answers before the model stack loads
     import uvicorn
 
     from service.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    app = create_app(settings, engine)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+
+
+def _check_directories(index_dir: Path, model_dir: Path) -> None:
+    """What the lifespan would otherwise find out with a traceback: a directory without a
+    model, an index without its catalog or published version, or built with another model.
+    The catalog is opened for reading and checked as ``index stats`` does."""
+    from indexer.encoders.manifest import read_manifest
+    from indexer.errors import IndexMissingError, ModelMismatchError
+    from indexer.pipeline.runner import open_catalog
+    from indexer.store.sync import index_store
+
+    model = read_manifest(model_dir)
+    open_catalog(index_dir, read_only=True).close()
+    published = index_store(index_dir).current()
+    if published is None:
+        raise IndexMissingError(f"{index_dir}: no index published (run `medsearch index build`)")
+    if published.model_fingerprint != model.fingerprint:
+        raise ModelMismatchError(
+            f"the index in {index_dir} was built with model {published.model_fingerprint[:16]}, "
+            f"not with {model_dir} ({model.fingerprint[:16]})"
+        )
 
 
 def main() -> None:

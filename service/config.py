@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from indexer.settings import CatalogSettings, CatalogUrl, EncoderSettings, ImagingSettings
+
+if TYPE_CHECKING:
+    from indexer.sources.dicomweb_client import DicomWebSettings
+
+# The request schemas' bounds (the OpenAPI contract); the settings may only lower them.
+MAX_K, MAX_TEXT_CHARS, MAX_LABELS, MAX_TEXTS = 1000, 2000, 100, 64
 
 
 def bind_addresses(host: str | None, port: int) -> list[str]:
@@ -39,12 +49,24 @@ def open_addresses(host: str, port: int) -> list[str]:
     return [a for a in bind_addresses(host, port) if not is_loopback_address(a)]
 
 
+def is_http_url(value: str) -> bool:
+    """``http(s)://host[:port]/...``, without spaces or control characters."""
+    if not value.isprintable() or " " in value:
+        return False
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # ValueError when not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEDSEARCH_", extra="ignore")
 
     index_dir: Path = Field(description="index directory built by `medsearch index build`")
     model_dir: Path = Field(description="exported model directory (the index's model)")
-    catalog_url: SecretStr | None = Field(
+    catalog_url: CatalogUrl = Field(
         default=None, description="the index's catalog database (default: its SQLite file)"
     )
     host: str = "127.0.0.1"
@@ -62,10 +84,14 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(default=32 << 20, ge=1024)
     max_multipart_parts: int = Field(default=8, ge=1)
     max_pixels: int = Field(default=40_000_000, ge=1)
-    max_text_chars: int = Field(default=2000, ge=1)
-    max_k: int = Field(default=1000, ge=1)
-    max_labels: int = Field(default=100, ge=1)
-    max_texts: int = Field(default=64, ge=1, description="rows of one Azure /score request")
+    max_text_chars: int = Field(default=MAX_TEXT_CHARS, ge=1, le=MAX_TEXT_CHARS)
+    max_k: int = Field(default=MAX_K, ge=1, le=MAX_K)
+    max_labels: int = Field(
+        default=MAX_LABELS, ge=1, le=MAX_LABELS, description="labels of one /v1/classify request"
+    )
+    max_texts: int = Field(
+        default=MAX_TEXTS, ge=1, le=MAX_TEXTS, description="rows of one Azure /score request"
+    )
     max_json_depth: int = Field(
         default=32, ge=1, le=128, description="nesting of JSON bodies and multipart options"
     )
@@ -98,10 +124,24 @@ class ServiceSettings(BaseSettings):
         "&SeriesInstanceUIDs={series_uid}; also {sop_uid}",
     )
 
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(len(k.get_secret_value()) < 16 for k in value):
+            raise ValueError("API keys must be at least 16 characters")
+        return value
+
+    @field_validator("pacs_url", "wado_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():  # docker-compose passes "" for an unset one
+            return None
+        if not is_http_url(value):
+            raise ValueError("not an http(s) URL, e.g. http://pacs:8042/dicom-web")
+        return value
+
     @model_validator(mode="after")
     def _refuse_open_bind(self) -> ServiceSettings:
-        if any(len(k.get_secret_value()) < 16 for k in self.api_keys):
-            raise ValueError("API keys must be at least 16 characters")
         if self.api_keys or self.allow_unauthenticated:
             return self
         try:
@@ -123,12 +163,42 @@ class ServiceSettings(BaseSettings):
     def _viewer_template_fields(self) -> ServiceSettings:
         if self.viewer_url_template:
             try:
-                self.viewer_url_template.format(study_uid="1", series_uid="2", sop_uid="3")
+                url = self.viewer_url_template.format(study_uid="1", series_uid="2", sop_uid="3")
             except (KeyError, IndexError, ValueError) as exc:
                 raise ValueError(
                     "viewer_url_template may use {study_uid}, {series_uid}, {sop_uid} only"
                 ) from exc
+            if not is_http_url(url):
+                raise ValueError("viewer_url_template is not an http(s) URL")
         return self
 
     def key_values(self) -> list[str]:
         return [k.get_secret_value() for k in self.api_keys]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The indexer's settings the service runs with, built once at start-up from
+    :class:`ServiceSettings` and the other ``MEDSEARCH_*`` variables (``serve`` builds them
+    before the server starts, so that a bad value is refused, not a start-up traceback)."""
+
+    encoder: EncoderSettings
+    imaging: ImagingSettings
+    catalog: CatalogSettings
+    dicomweb: DicomWebSettings | None  # only with a PACS (pacs_url)
+
+    @classmethod
+    def for_service(cls, settings: ServiceSettings) -> EngineSettings:
+        from indexer.sources.dicomweb_client import DicomWebSettings
+
+        return cls(
+            encoder=EncoderSettings(
+                model_dir=settings.model_dir,
+                provider=settings.provider,
+                intra_op_threads=settings.intra_op_threads,
+            ),
+            # uploads are searched by one image: the middle frame of a multi-frame object
+            imaging=ImagingSettings(max_pixels=settings.max_pixels, frames="middle"),
+            catalog=CatalogSettings(catalog_url=settings.catalog_url),
+            dicomweb=DicomWebSettings() if settings.pacs_url else None,
+        )

@@ -17,14 +17,13 @@ from indexer.encoders.encoder import Encoder
 from indexer.errors import ImageRefused
 from indexer.imaging.guard import DecodeJob, DecoderPool
 from indexer.imaging.types import DecodedImage, Reason
-from indexer.settings import CatalogSettings, EncoderSettings, ImagingSettings
 from indexer.sources.dicomweb_client import DicomWebClient
 from indexer.store.catalog import Catalog, catalog_url
 from indexer.store.searcher import Searcher
 from service.batcher import MicroBatcher, Overloaded
 from service.budget import DECODES_PER_WORKER, HAND_OVER_BYTES, DecodeBudget
 from service.caches import LRU
-from service.config import ServiceSettings
+from service.config import EngineSettings, ServiceSettings
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.results import Links
@@ -35,20 +34,15 @@ Vector = npt.NDArray[np.float32]
 
 
 class Runtime:
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, engine: EngineSettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.encoder = Encoder.load(
-            settings.model_dir,
-            EncoderSettings(provider=settings.provider, intra_op_threads=settings.intra_op_threads),
-        )  # loads, verifies hashes and runs the self-test
-        self.catalog = Catalog.open(
-            catalog_url(settings.index_dir, CatalogSettings(catalog_url=settings.catalog_url)),
-            upgrade=False,
-        )
+        # loads, verifies hashes and runs the self-test (as the encoder settings say)
+        self.encoder = Encoder.load(settings.model_dir, engine.encoder)
+        self.catalog = Catalog.open(catalog_url(settings.index_dir, engine.catalog), upgrade=False)
         self.searcher = Searcher(settings.index_dir, self.catalog)
         self.searcher.check_model(self.encoder.fingerprint)
-        self.imaging = ImagingSettings(max_pixels=settings.max_pixels, frames="middle")
+        self.imaging = engine.imaging
         self.decoders = DecoderPool(self.imaging, settings.workers)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-work")
         # one thread per encoder, so that cheap text queries never wait behind image batches
@@ -83,7 +77,9 @@ class Runtime:
         self.links = Links(
             settings.viewer_url_template, settings.wado_base_url or settings.pacs_url
         )
-        self.pacs = DicomWebClient(settings.pacs_url) if settings.pacs_url else None
+        self.pacs = (
+            DicomWebClient(settings.pacs_url, engine.dicomweb) if settings.pacs_url else None
+        )
         self._poller: asyncio.Task[None] | None = None
         self.update_index_metrics()
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from indexer.store.filters import Filters
+from service.config import MAX_K, MAX_LABELS, MAX_TEXT_CHARS, MAX_TEXTS
 
 GroupBy = Literal["study", "series"]
 
@@ -20,14 +21,16 @@ class Strict(BaseModel):
 
 
 class SearchOptions(Strict):
-    k: int = Field(default=10, ge=1, le=1000, description="results to return")
+    k: int = Field(default=10, ge=1, le=MAX_K, description="results to return")
     filters: Filters | None = None
     nprobe: int | None = Field(default=None, ge=1, le=65536, description="IVF lists to scan")
     group_by: GroupBy | None = Field(default=None, description="best hit per study or series")
 
 
 class TextSearchRequest(SearchOptions):
-    text: str = Field(min_length=1, max_length=2000, examples=["x-ray chest anteroposterior"])
+    text: str = Field(
+        min_length=1, max_length=MAX_TEXT_CHARS, examples=["x-ray chest anteroposterior"]
+    )
 
 
 class ImageSearchRequest(SearchOptions):
@@ -91,7 +94,7 @@ class SearchResponse(BaseModel):
 
 class ClassifyRequest(Strict):
     image: str = Field(min_length=1, description="base64 of a PNG, JPEG or DICOM file")
-    labels: list[str] = Field(min_length=1, max_length=100)
+    labels: list[str] = Field(min_length=1, max_length=MAX_LABELS)
     multilabel: bool = Field(default=False, description="sigmoid per label instead of softmax")
 
 
@@ -127,15 +130,15 @@ DocumentedBool = Annotated[
 
 class AzureInputData(Strict):
     columns: list[Literal["image", "text"]] = Field(min_length=1, max_length=2)
-    index: Annotated[list[int], Field(max_length=64)] | Annotated[int, Field(ge=0, le=1024)] = (
-        Field(
-            default_factory=list,
-            description="row labels (the examples send a list, the field table a count); unused",
-        )
+    index: (
+        Annotated[list[int], Field(max_length=MAX_TEXTS)] | Annotated[int, Field(ge=0, le=1024)]
+    ) = Field(
+        default_factory=list,
+        description="row labels (the examples send a list, the field table a count); unused",
     )
     data: list[list[str]] = Field(
         min_length=1,
-        max_length=64,
+        max_length=MAX_TEXTS,
         description=(
             "one row per input, values in the order of columns; an image is standard base64"
             " of a PNG, JPEG or DICOM file (line breaks, as base64.encodebytes writes them,"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 
@@ -25,13 +25,18 @@ IoThreads = Annotated[
 ]
 Metadata = Annotated[Path | None, typer.Option(help="sidecar CSV of labels")]
 Key = Annotated[str, typer.Option(help="the sidecar column holding image paths")]
-Frames = Annotated[str, typer.Option(help="multi-frame DICOM: middle or all")]
+Frames = Annotated[
+    str | None,
+    typer.Option(help="multi-frame DICOM: middle or all (default: MEDSEARCH_FRAMES, middle)"),
+]
 ShowProgress = Annotated[bool, typer.Option(help="progress bar on stderr")]
 
 
 def run(command: str, sources: list[str], index: Path, model: Path, **kw: Any) -> None:
     from indexer.pipeline.runner import BuildOptions, run_build
     from indexer.settings import ImagingSettings
+    from indexer.sources.dicomweb import is_dicomweb
+    from indexer.sources.dicomweb_client import DicomWebSettings
     from indexer.store.retries import ALL, RetryPolicy
 
     forced = list(kw.pop("retry_reason", None) or [])
@@ -41,9 +46,11 @@ def run(command: str, sources: list[str], index: Path, model: Path, **kw: Any) -
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--retry-reason") from None
     frames = kw.pop("frames")
-    if frames not in ("middle", "all"):
+    if frames not in (None, "middle", "all"):
         raise typer.BadParameter("--frames must be middle or all")
-    chosen: Literal["middle", "all"] = "all" if frames == "all" else "middle"
+    imaging = ImagingSettings() if frames is None else ImagingSettings(frames=frames)
+    if any(is_dicomweb(source) for source in sources):
+        DicomWebSettings()  # MEDSEARCH_DICOMWEB_*: refused now, not once the model has loaded
     report_path: Path | None = kw.pop("report", None)
     options = BuildOptions(
         sources=sources,
@@ -51,7 +58,7 @@ def run(command: str, sources: list[str], index: Path, model: Path, **kw: Any) -
         model_dir=model,
         sidecar=kw.pop("metadata"),
         sidecar_key=kw.pop("key"),
-        imaging=ImagingSettings(frames=chosen),
+        imaging=imaging,
         command=command,
         retry=retry,
         **kw,
@@ -81,7 +88,7 @@ def build(
     rebuild: Annotated[bool, typer.Option(help="retrain the vector index from scratch")] = False,
     metadata: Metadata = None,
     key: Key = "path",
-    frames: Frames = "middle",
+    frames: Frames = None,
     report: Annotated[Path | None, typer.Option(help="write the run report (JSON)")] = None,
     progress: ShowProgress = True,
     retry_failed: Annotated[
@@ -113,7 +120,7 @@ def add(
     io_threads: IoThreads = 4,
     metadata: Metadata = None,
     key: Key = "path",
-    frames: Frames = "middle",
+    frames: Frames = None,
     progress: ShowProgress = True,
 ) -> None:
     """Add new items from SOURCES to an existing index."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +23,9 @@ def open_images(paths: list[Path], recipe: Recipe) -> list[npt.NDArray[np.uint8]
     for path in paths:
         if not path.is_file():
             raise ImageInputError(f"{path}: no such file")
-    results = decode_files_guarded(paths, ImagingSettings(), recipe)
+    # MEDSEARCH_FRAMES=all or not, one embedding per file: its middle frame
+    settings = ImagingSettings().model_copy(update={"frames": "middle"})
+    results = decode_files_guarded(paths, settings, recipe)
     for path, result in zip(paths, results, strict=True):
         if not result.ok:
             raise ImageInputError(f"{path}: {result.reason}: {result.detail}".rstrip(": "))
@@ -41,7 +43,9 @@ def embed(
     recipe: Annotated[
         str | None, typer.Option(help="preprocessing recipe (default: the model's)")
     ] = None,
-    provider: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    provider: Annotated[
+        str | None, typer.Option(help="auto, cpu or cuda (default: MEDSEARCH_PROVIDER, auto)")
+    ] = None,
 ) -> None:
     """Print {image_features, text_features, scaling_factor} for the given inputs."""
     from indexer.encoders.encoder import Encoder
@@ -50,10 +54,10 @@ def embed(
     image, text = image or [], text or []
     if not image and not text:
         raise typer.BadParameter("give at least one --image or --text")
-    if provider not in ("auto", "cpu", "cuda"):
+    if provider not in (None, "auto", "cpu", "cuda"):
         raise typer.BadParameter("--provider must be auto, cpu or cuda")
-    chosen: Literal["auto", "cpu", "cuda"] = provider  # type: ignore[assignment]
-    encoder = Encoder.load(model, EncoderSettings(provider=chosen))
+    chosen: dict[str, Any] = {} if provider is None else {"provider": provider}
+    encoder = Encoder.load(model, EncoderSettings(**chosen))  # else MEDSEARCH_PROVIDER
     chosen_recipe = encoder.recipe(recipe)
     images = open_images(image, chosen_recipe) if image else []
     out = {

@@ -54,10 +54,14 @@ def export(
 
 @app.command("info")
 def info(model_dir: Annotated[Path, typer.Argument(help="exported model directory")]) -> None:
-    """Verify an exported model (hashes, self-test) and print its manifest summary."""
-    from indexer.encoders.encoder import Encoder
+    """Verify an exported model (hashes, self-test) and print its manifest summary.
 
-    encoder = Encoder.load(model_dir)
+    MEDSEARCH_VERIFY_HASHES=false and MEDSEARCH_SELF_TEST=false skip those checks."""
+    from indexer.encoders.encoder import Encoder
+    from indexer.settings import EncoderSettings
+
+    settings = EncoderSettings()
+    encoder = Encoder.load(model_dir, settings)
     m = encoder.manifest
     typer.echo(
         json.dumps(
@@ -72,7 +76,8 @@ def info(model_dir: Annotated[Path, typer.Argument(help="exported model director
                 "recipes": sorted(m.preprocessing.recipes),
                 "provider": encoder.provider,
                 "precision": encoder.precision,
-                "self_test": "passed",
+                "hashes": "verified" if settings.verify_hashes else "skipped",
+                "self_test": "passed" if settings.self_test else "skipped",
                 "source": m.source.model_dump(),
             },
             indent=1,

@@ -22,21 +22,29 @@ def preview(
     file: Annotated[Path, typer.Argument(help="DICOM, PNG, JPEG, TIFF or BMP file")],
     out: Annotated[Path, typer.Option("-o", "--out", help="PNG to write")] = Path("preview.png"),
     all_frames: Annotated[
-        bool, typer.Option("--all-frames", help="every frame of a multi-frame object")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--all-frames/--middle-frame",
+            help="every frame of a multi-frame object, or its middle one "
+            "(default: MEDSEARCH_FRAMES, middle)",
+        ),
+    ] = None,
 ) -> None:
     """Render FILE as the index will (after windowing, before resizing and normalisation).
 
     Writes an 8-bit RGB PNG and prints the rendering facts as JSON (rendering policy, the
     VOI used, frame, size). Multi-frame objects give their middle frame unless
-    --all-frames is given (then OUT-frameNNNN.png per frame).
+    --all-frames is given or MEDSEARCH_FRAMES is all (then OUT-frameNNNN.png per frame).
     """
     from indexer.imaging.guard import decode_files_guarded
     from indexer.settings import ImagingSettings
 
     if not file.is_file():
         raise ImageInputError(f"{file}: no such file")
-    settings = ImagingSettings(frames="all" if all_frames else "middle")
+    if all_frames is None:
+        settings = ImagingSettings()
+    else:
+        settings = ImagingSettings(frames="all" if all_frames else "middle")
     (result,) = decode_files_guarded([file], settings)  # a crashing codec is a refusal
     if not result.ok:
         why = f"{result.reason}: {result.detail}".rstrip(": ")

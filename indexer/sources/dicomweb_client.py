@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.errors import SourceError, SourceUnavailableError
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # transfer-syntax=*: the instance as stored, never transcoded by the PACS
 DICOM_MULTIPART = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # a bearer token (RFC 7235, RFC 6750)
 
 
 class DicomWebSettings(BaseSettings):
@@ -41,6 +43,42 @@ class DicomWebSettings(BaseSettings):
     backoff_s: float = Field(default=0.5, ge=0)
     page_size: int = Field(default=100, ge=1, le=10_000)
     max_instance_bytes: int = Field(default=1 << 30, ge=1)
+
+    @field_validator("username", "password", "token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose passes an empty value for an unset variable
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("username")
+    @classmethod
+    def _basic_auth_user(cls, value: str | None) -> str | None:
+        if value is not None and ":" in value:
+            raise ValueError("a user name cannot contain ':' in Basic authentication (RFC 7617)")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _bearer_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not TOKEN68.fullmatch(value.get_secret_value()):
+            raise ValueError(
+                "a bearer token is letters, digits and -._~+/ with '=' padding at the end "
+                "(token68, RFC 7235)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> DicomWebSettings:
+        if self.token is not None and (self.username is not None or self.password is not None):
+            raise ValueError(
+                "set MEDSEARCH_DICOMWEB_TOKEN (bearer) or MEDSEARCH_DICOMWEB_USERNAME and "
+                "MEDSEARCH_DICOMWEB_PASSWORD (basic), not both"
+            )
+        if self.password is not None and self.username is None:
+            raise ValueError(
+                "MEDSEARCH_DICOMWEB_PASSWORD is set without MEDSEARCH_DICOMWEB_USERNAME"
+            )
+        return self
 
 
 T = TypeVar("T")
@@ -92,6 +130,7 @@ class DicomWebClient:
             auth = httpx.BasicAuth(self.settings.username, password)
         self._auth, self._headers = auth, headers
         self._http = self._new_client()
+        self._reopen = threading.Lock()  # the pipeline fetches from several threads
 
     def _new_client(self) -> httpx.Client:
         return httpx.Client(
@@ -111,8 +150,9 @@ class DicomWebClient:
         host = httpx.URL(self.base_url).host
         unavailable = True
         for attempt in range(self.settings.retries + 1):
-            if self._http.is_closed:
-                self._http = self._new_client()
+            with self._reopen:
+                if self._http.is_closed:
+                    self._http = self._new_client()
             try:
                 with self._http.stream(
                     "GET", path, params=params, headers={"Accept": accept}

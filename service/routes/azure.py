@@ -23,6 +23,8 @@ router = APIRouter(tags=["azure"])
 
 
 async def _score(body: AzureRequest, rt: RuntimeDep) -> AzureResponse:
+    if len(body.input_data.data) > rt.settings.max_texts:  # the schema's bound, lowered
+        raise ServiceError(422, "too many rows", f"at most {rt.settings.max_texts}")
     columns = body.input_data.columns
     if len(set(columns)) != len(columns):
         raise ServiceError(422, "invalid columns", "columns must not repeat")

@@ -79,7 +79,7 @@ def test_client_errors_fail_at_once(status: int) -> None:
 
 def test_credentials_come_from_settings() -> None:
     with pacs([]) as base:
-        bearer = DicomWebSettings(token=SecretStr("t0ken-abc"), username="ignored")
+        bearer = DicomWebSettings(token=SecretStr("t0ken-abc"))
         client = DicomWebClient(base, bearer)
         list(client.qido("/studies", {"ModalitiesInStudy": "CT"}))
         client.close()
