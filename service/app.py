@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from service import errors
+from service.auth import RequireKey
 from service.config import EngineSettings, ServiceSettings
 from service.deps import require_key
 from service.metrics import Metrics
@@ -76,6 +77,8 @@ def create_app(settings: ServiceSettings, engine: EngineSettings | None = None) 
     # added last is outermost: the size limit bounds what the depth check reads
     app.add_middleware(JsonDepthLimit, max_depth=settings.max_json_depth)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if api_keys:  # before any body is read: a client without a key learns nothing
+        app.add_middleware(RequireKey, keys=api_keys)
     if settings.cors_origins:  # outermost, so that a viewer can read every answer, 413s included
         app.add_middleware(
             CORSMiddleware,

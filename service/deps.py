@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.auth import CHALLENGE, key_matches
 from service.errors import ServiceError
 from service.runtime import Runtime
 
@@ -38,10 +38,10 @@ def require_key(
     if not keys:
         return
     given = credentials.credentials if credentials is not None else ""
-    if not any(secrets.compare_digest(given.encode(), key.encode()) for key in keys):
+    if not key_matches(given, keys):
         raise ServiceError(
             401,
             "unauthorized",
             "a valid API key is required (Authorization: Bearer <key>)",
-            {"WWW-Authenticate": 'Bearer realm="medsearch"'},
+            {"WWW-Authenticate": CHALLENGE},
         )

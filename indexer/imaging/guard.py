@@ -14,8 +14,10 @@ A job never inherits another job's failure:
 - a worker that ran out of memory is replaced (its heap is left fragmented near the limit),
   and so is one whose address space grew by more than a quarter of ``decode_memory_mb``
   since it started (:data:`GROWTH_FRACTION`), before it takes the next job;
-- a job whose worker crashed or ran out of memory after serving earlier jobs is tried once
-  more on a fresh worker; only a failure on a fresh worker is the job's.
+- a job whose worker crashed after serving earlier jobs is tried once more on a fresh
+  worker; only a crash on a fresh worker is the job's. A memory failure is the job's own
+  without a second try: a worker that had grown was already replaced, so the job met the
+  limit nearly alone (trying a memory bomb twice only doubled its cost).
 
 What a job hands back is chosen by the job (:class:`DecodeJob`): the full rendering, the
 model's input for a recipe (480x480 ``uint8``, grey kept as one channel), or a thumbnail.
@@ -273,7 +275,7 @@ class DecoderWorker:
     def decode(self, job: DecodeJob) -> DecodeResult:
         seasoned = self._proc is not None and self._served > 0
         result = self._attempt(job)
-        if seasoned and result.reason in (Reason.CRASHED, Reason.MEMORY):
+        if seasoned and result.reason == Reason.CRASHED:
             # the worker had served other jobs: try once more on a fresh one
             logger.info("retrying a job on a fresh decoder worker after %s", result.reason)
             self._kill()

@@ -50,6 +50,20 @@ def test_every_route_needs_a_key(
     assert r.status_code != 401
 
 
+@pytest.mark.parametrize("path", [p for m, p, _ in ROUTES if m == "post"] + ["/v1/search/dicom"])
+def test_no_key_is_401_before_the_body_is_read(keyed_client: TestClient, path: str) -> None:
+    """Before, a body that was not JSON got 422 'JSON decode error' without a key."""
+    for body in (b"{not json", b"[" * 10_000, b"\x00\xff" * 100):
+        r = keyed_client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 401, (path, r.text)
+        assert r.json()["error"] == "unauthorized"
+
+
+def test_the_page_and_the_api_description_need_no_key(keyed_client: TestClient) -> None:
+    for path in ("/", "/openapi.json", "/docs"):
+        assert keyed_client.get(path).status_code == 200, path
+
+
 def test_open_bind_without_keys_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="without API keys"):
         ServiceSettings(index_dir=tmp_path, model_dir=tmp_path, host="0.0.0.0")
