@@ -30,7 +30,11 @@ class EncoderSettings(BaseSettings):
     intra_op_threads: int = Field(default=0, ge=0, description="0: ONNX Runtime's default")
     inter_op_threads: int = Field(default=1, ge=0)
     batch_size: int = Field(
-        default=32, ge=1, le=1024, description="images or texts per encoder run"
+        default=8,
+        ge=1,
+        le=1024,
+        description="images or texts per encoder run (8 keeps ONNX Runtime's CPU memory "
+        "arena small; 32-64 on a GPU)",
     )
     verify_hashes: bool = Field(default=True, description="check every file's sha256 on load")
     self_test: bool = Field(default=True, description="refuse a model that fails its goldens")

@@ -17,7 +17,7 @@ Workers = Annotated[
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        min=1, max=1024, help="images per encoder run (default: MEDSEARCH_BATCH_SIZE, 32)"
+        min=1, max=1024, help="images per encoder run (default: MEDSEARCH_BATCH_SIZE, 8; 32-64 on a GPU)"
     ),
 ]
 IoThreads = Annotated[
