@@ -54,6 +54,7 @@ from indexer.settings import EncoderSettings, ImagingSettings
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "tests" / "data" / "test_model"
 STAND_IN_S_PER_IMAGE = 1.25e-3
+IO_THREADS = 4
 
 
 class StandInEncoder(Encoder):
@@ -127,7 +128,7 @@ def build_with_stand_in(corpus: Path, index: Path, workers: int) -> dict[str, An
     )
     options = BuildOptions(
         sources=[str(corpus)], index_dir=index, model_dir=MODEL, workers=workers,
-        progress=False, imaging=ImagingSettings(), encoder=settings,
+        progress=False, imaging=ImagingSettings(), encoder=settings, io_threads=IO_THREADS,
     )  # fmt: skip
     report = run_build(options, encoder=stand_in).to_dict()
     images, stages = report["indexed"], report["stages"]
@@ -139,6 +140,7 @@ def build_with_stand_in(corpus: Path, index: Path, workers: int) -> dict[str, An
         "images_per_s": report["images_per_s"],
         "stages_s": stages["wall_s"],
         "stages_images_per_s": round(images / stages["wall_s"], 1),
+        "steady_images_per_s": stages["steady_images_per_s"],
         "main_cpu_ms_per_image": round(1000 * cpu / images, 3),
         "main_cpu_ms_per_image_outside_encoder": round(1000 * outside / images, 3),
         "stages": stages,
@@ -176,7 +178,7 @@ def overlap(corpus: Path, tmp: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--files", type=int, default=240)
+    parser.add_argument("--files", type=int, default=600)
     parser.add_argument("--overlap-files", type=int, default=160)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -201,7 +203,7 @@ def main() -> None:
         "decode_only": decoded,
         "stand_in_rate": stand_in_rate,
         "build_stand_in": built,
-        "build_over_bound": round(built["stages_images_per_s"] / bound, 3),
+        "build_over_bound": round(built["steady_images_per_s"] / bound, 3),
         "overlap": overlapped,
     }
     print(f"pipeline benchmark: {args.files} files (CT, J2K CT, JPEG US), {cores} cores")
@@ -213,9 +215,13 @@ def main() -> None:
     )
     print(f"  stand-in encoder alone : {stand_in_rate:8.1f} images/s")
     print(
-        f"  build, stand-in        : {built['stages_images_per_s']:8.1f} images/s while the "
-        f"stages ran = {results['build_over_bound']:.2f} x min(decode-only, stand-in) "
-        f"(target >= 0.80); limited by {built['stages']['limiting_stage']}"
+        f"  build, stand-in        : {built['steady_images_per_s']:8.1f} images/s from the "
+        f"first commit to the last = {results['build_over_bound']:.2f} x min(decode-only, "
+        f"stand-in) (target >= 0.80); limited by {built['stages']['limiting_stage']}"
+    )
+    print(
+        f"  build, stages running  : {built['stages_images_per_s']:8.1f} images/s (with the "
+        "decoder processes' start-up and the first batch's fill)"
     )
     print(
         f"  build, whole run       : {built['images_per_s']:8.1f} images/s ({built['seconds']} s "

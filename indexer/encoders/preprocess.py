@@ -29,7 +29,6 @@ which only convert grey images and break on the rest:
 
 from __future__ import annotations
 
-import functools
 import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -178,17 +177,21 @@ def prepare(
     return np.asarray(img, dtype=np.uint8)
 
 
-def normalise(inputs: Sequence[npt.NDArray[np.uint8]], recipe: Recipe) -> npt.NDArray[np.float32]:
+def normalise(
+    inputs: Sequence[npt.NDArray[np.uint8]], recipe: Recipe
+) -> npt.NDArray[np.float32]:
     """Prepared inputs (see :func:`prepare`) to the encoder's (B, 3, H, W) ``float32``.
 
-    The reference's ToTensor + Normalize, ``(v / 255 - mean) / std`` in float32, computed
-    once per channel for the 256 possible values and applied as a lookup (the same float32
-    operations on the same inputs, so the same bits, at a fraction of the cost); a grey
-    input is replicated to three channels here, at the last step.
+    The reference's ToTensor + Normalize, ``(v / 255 - mean) / std``, in float32 and in the
+    same order (so the same bits), written straight into the output with NumPy ufuncs,
+    which release the GIL: the pipeline's other threads keep their decoders fed meanwhile.
+    A grey input is scaled once and replicated to three channels here, at the last step.
     """
     height, width = recipe.size
     out = np.empty((len(inputs), 3, height, width), dtype=np.float32)
-    lut = _lookup(recipe)
+    mean = np.asarray(recipe.mean, dtype=np.float32)
+    std = np.asarray(recipe.std, dtype=np.float32)
+    scaled = np.empty((height, width), dtype=np.float32)
     for n, arr in enumerate(inputs):
         if arr.shape[:2] != (height, width) or arr.dtype != np.uint8:
             raise ImageInputError(
@@ -196,18 +199,12 @@ def normalise(inputs: Sequence[npt.NDArray[np.uint8]], recipe: Recipe) -> npt.ND
                 f"{height}x{width} uint8"
             )
         for c in range(3):
-            channel = arr if arr.ndim == 2 else arr[:, :, c]
-            np.take(lut[c], channel, out=out[n, c])
+            if c == 0 or arr.ndim == 3:
+                channel = arr if arr.ndim == 2 else arr[:, :, c]
+                np.divide(channel, np.float32(255.0), out=scaled, dtype=np.float32)
+            np.subtract(scaled, mean[c], out=out[n, c])
+            np.divide(out[n, c], std[c], out=out[n, c])
     return out
-
-
-@functools.lru_cache(maxsize=8)
-def _lookup(recipe: Recipe) -> npt.NDArray[np.float32]:
-    scaled = np.arange(256, dtype=np.float32) / np.float32(255.0)
-    mean = np.asarray(recipe.mean, dtype=np.float32)
-    std = np.asarray(recipe.std, dtype=np.float32)
-    table: npt.NDArray[np.float32] = (scaled[None, :] - mean[:, None]) / std[:, None]
-    return table
 
 
 def preprocess(image: Image.Image | npt.NDArray[Any], recipe: Recipe) -> npt.NDArray[np.float32]:
