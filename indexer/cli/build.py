@@ -17,7 +17,9 @@ Workers = Annotated[
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        min=1, max=1024, help="images per encoder run (default: MEDSEARCH_BATCH_SIZE, 8; 32-64 on a GPU)"
+        min=1,
+        max=1024,
+        help="images per encoder run (default: MEDSEARCH_BATCH_SIZE, 8; 32-64 on a GPU)",
     ),
 ]
 IoThreads = Annotated[
@@ -30,6 +32,38 @@ Frames = Annotated[
     typer.Option(help="multi-frame DICOM: middle or all (default: MEDSEARCH_FRAMES, middle)"),
 ]
 ShowProgress = Annotated[bool, typer.Option(help="progress bar on stderr")]
+Engine = Annotated[str, typer.Option(help="local (this host) or ray (a Ray cluster)")]
+RayAddress = Annotated[
+    str | None, typer.Option(help="ray: a running cluster (auto, host:6379); default: start one")
+]
+Encoders = Annotated[int, typer.Option(min=1, help="ray: encoder actors (one per GPU)")]
+GpusPerEncoder = Annotated[float, typer.Option(min=0, help="ray: GPUs per encoder (0: CPU)")]
+DecodeCpus = Annotated[
+    int | None, typer.Option(min=1, help="ray: decode actors, 1 CPU each (default: --workers)")
+]
+SharedPaths = Annotated[
+    bool | None,
+    typer.Option(
+        "--shared-paths/--ship-files",
+        help="ray: workers read files by path, or the driver sends their bytes "
+        "(default: by path when the cluster is this host alone)",
+    ),
+]
+
+
+def engine_options(engine: str, **ray: Any) -> dict[str, Any]:
+    """``BuildOptions`` fields for ``--engine``; without Ray, says how to install it."""
+    from indexer.pipeline.ray_engine import RayOptions, import_ray
+
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter("--engine must be local or ray")
+    options = RayOptions(**ray)
+    if engine == "local":
+        if options != RayOptions():
+            raise typer.BadParameter("--ray-address, --encoders, ... need --engine ray")
+        return {}
+    import_ray()  # refused now, not once the catalog is open
+    return {"engine": "ray", "ray": options}
 
 
 def run(command: str, sources: list[str], index: Path, model: Path, **kw: Any) -> None:
@@ -98,16 +132,27 @@ def build(
         list[str] | None,
         typer.Option(help="retry the failures with this reason, e.g. corrupt (repeatable)"),
     ] = None,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    encoders: Encoders = 1,
+    gpus_per_encoder: GpusPerEncoder = 0.0,
+    decode_cpus: DecodeCpus = None,
+    shared_paths: SharedPaths = None,
 ) -> None:
     """Index SOURCES into --index (resumable: rerun after a crash to continue).
 
     Sources that failed for a transient reason (decoder crashed, decode timeout, decode
     memory limit, cannot read source, internal error) are retried by later runs, up to 3
     attempts in all; other failures only with --retry-failed or --retry-reason."""
+    chosen = engine_options(
+        engine, address=ray_address, encoders=encoders, gpus_per_encoder=gpus_per_encoder,
+        decode_cpus=decode_cpus, shared_paths=shared_paths,
+    )  # fmt: skip
     run(
         "build", sources, index, model, workers=workers, batch_size=batch_size,
         io_threads=io_threads, rebuild=rebuild, metadata=metadata, key=key, frames=frames,
         report=report, progress=progress, retry_failed=retry_failed, retry_reason=retry_reason,
+        **chosen,
     )  # fmt: skip
 
 

@@ -1,5 +1,5 @@
-"""``medsearch index ...``: build and add (:mod:`indexer.cli.build`), remove, stats,
-verify, rebuild, search."""
+"""``medsearch index ...``: build and add (:mod:`indexer.cli.build`), reembed
+(:mod:`indexer.cli.reembed`), remove, stats, verify, rebuild, search."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from indexer.cli import build
+from indexer.cli import build, reembed
 from indexer.cli.options import IndexOpt, ModelOpt
 from indexer.errors import MedsearchError
 
@@ -17,6 +17,7 @@ app = typer.Typer(no_args_is_help=True, help="Build and query an index (catalog 
 
 app.command()(build.build)
 app.command()(build.add)
+app.command()(reembed.reembed)
 
 
 @app.command()

@@ -177,9 +177,7 @@ def prepare(
     return np.asarray(img, dtype=np.uint8)
 
 
-def normalise(
-    inputs: Sequence[npt.NDArray[np.uint8]], recipe: Recipe
-) -> npt.NDArray[np.float32]:
+def normalise(inputs: Sequence[npt.NDArray[np.uint8]], recipe: Recipe) -> npt.NDArray[np.float32]:
     """Prepared inputs (see :func:`prepare`) to the encoder's (B, 3, H, W) ``float32``.
 
     The reference's ToTensor + Normalize, ``(v / 255 - mean) / std``, in float32 and in the

@@ -1,6 +1,7 @@
 """Runner: a build's options, its catalog and model, the engine that runs the stages
 (:mod:`indexer.pipeline.local`: reader -> fetchers -> preparers -> embedder -> writer,
-concurrently), the run report, then the index update and publication.
+concurrently; or :mod:`indexer.pipeline.ray_engine`, the same stages on a Ray cluster with
+the same writer on this host), the run report, then the index update and publication.
 
 Crash safety comes from the order of effects: a batch's items, embeddings and failures
 are committed in one transaction; the vector index is derived from committed rows and
@@ -16,10 +17,10 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from sqlalchemy.exc import OperationalError
 
@@ -30,7 +31,8 @@ from indexer.pipeline.embedder import Embedder
 from indexer.pipeline.local import run_local
 from indexer.pipeline.preparer import Prepared, Preparer
 from indexer.pipeline.progress import Progress, count_items
-from indexer.pipeline.reader import fetch, new_items
+from indexer.pipeline.ray_engine import RayEngine, RayOptions
+from indexer.pipeline.reader import ReadItem, fetch, new_items
 from indexer.pipeline.writer import Writer
 from indexer.settings import EncoderSettings, ImagingSettings
 from indexer.sources import SidecarTable
@@ -42,6 +44,17 @@ from indexer.store.sync import index_store, sync_index
 logger = logging.getLogger(__name__)
 
 STAGES = ("read", "fetch", "prepare", "embed", "write")
+
+
+class Listing(Protocol):
+    """What a run reads instead of its ``sources`` (``index reembed``: another index's
+    items), less what ``catalog`` has seen."""
+
+    def items(
+        self, catalog: Catalog, counts: dict[str, int], retry: RetryPolicy
+    ) -> Iterator[ReadItem]: ...
+
+    def count(self, catalog: Catalog, retry: RetryPolicy) -> int | None: ...
 
 
 @dataclass
@@ -61,6 +74,9 @@ class BuildOptions:
     progress: bool = True
     command: str = "build"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    engine: Literal["local", "ray"] = "local"
+    ray: RayOptions | None = None  # the ray engine's (None: its defaults)
+    listing: Listing | None = None  # read this instead of ``sources``
 
 
 @dataclass
@@ -151,9 +167,14 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
     encoder_settings = options.encoder
     if options.batch_size is not None:
         encoder_settings = encoder_settings.model_copy(update={"batch_size": options.batch_size})
-    encoder = encoder or Encoder.load(options.model_dir, encoder_settings)
-    binding = binding_for(encoder, options.recipe)
-    recipe = encoder.recipe(binding.recipe)
+    ray_engine: RayEngine | None = None
+    if options.engine == "ray":  # the encoder actors load the model, not this process
+        ray_engine = RayEngine(options, encoder_settings)
+        binding = ray_engine.binding
+    else:
+        loaded = encoder or Encoder.load(options.model_dir, encoder_settings)
+        binding = binding_for(loaded, options.recipe)
+        recipe = loaded.recipe(binding.recipe)
     sidecar = SidecarTable.load(options.sidecar, options.sidecar_key) if options.sidecar else None
     catalog = open_catalog(options.index_dir)
     try:
@@ -163,11 +184,23 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
         raise
     run_id = catalog.start_run(options.command, list(options.sources))
     report = BuildReport(run_id=run_id)
-    total = count_items(options.sources, catalog, options.retry) if options.progress else None
+    listing = options.listing
+    total = None
+    if options.progress:
+        total = (
+            listing.count(catalog, options.retry)
+            if listing is not None
+            else count_items(options.sources, catalog, options.retry)
+        )
     status = "failed"
-    preparers = [Preparer(options.imaging, recipe) for _ in range(options.workers)]
-    embedder = Embedder(encoder, binding.recipe)
+    preparers: list[Preparer] = []
+    embedder: Embedder | None = None
+    if ray_engine is None:
+        preparers = [Preparer(options.imaging, recipe) for _ in range(options.workers)]
+        embedder = Embedder(loaded, binding.recipe)
     try:
+        if ray_engine is not None:
+            ray_engine.connect()
         with Progress(total, enabled=options.progress) as progress:
 
             def committed(batch: list[Prepared], counts: tuple[int, int, int]) -> None:
@@ -181,29 +214,41 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
                     len(batch), indexed=report.indexed, failed=sum(report.failed.values())
                 )
 
-            stats = run_local(
-                new_items(
+            items = (
+                listing.items(catalog, report.skipped, options.retry)
+                if listing is not None
+                else new_items(
                     options.sources,
                     catalog,
                     sidecar=sidecar,
                     counts=report.skipped,
                     retry=options.retry,
-                ),
-                lambda read: fetch(read, options.imaging.max_file_bytes),
-                preparers,
-                embedder,
-                Writer(catalog, run_id),
-                io_threads=options.io_threads,
-                on_commit=committed,
+                )
             )
-            report.stages = stats.to_dict()
-            report.stages["embed_cpu_s"] = round(embedder.cpu_s, 3)
+            if ray_engine is not None:
+                stats = ray_engine.run(items, Writer(catalog, run_id), on_commit=committed)
+                report.stages = {**stats.to_dict(), "engine": "ray", "ray": ray_engine.facts}
+            else:
+                assert embedder is not None
+                stats = run_local(
+                    items,
+                    lambda read: fetch(read, options.imaging.max_file_bytes),
+                    preparers,
+                    embedder,
+                    Writer(catalog, run_id),
+                    io_threads=options.io_threads,
+                    on_commit=committed,
+                )
+                report.stages = stats.to_dict()
+                report.stages["embed_cpu_s"] = round(embedder.cpu_s, 3)
             report.stage_seconds = stats.busy_s
         report.index = sync_index(catalog, options.index_dir, binding, rebuild=options.rebuild)
         status = "done"
     finally:
         for preparer in preparers:
             preparer.close()
+        if ray_engine is not None:
+            ray_engine.close()
         report.seconds = time.perf_counter() - started
         catalog.finish_run(run_id, report.to_dict(), status)
         write_report(options.index_dir, report)

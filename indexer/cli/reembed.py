@@ -1,0 +1,79 @@
+"""``medsearch index reembed``: a new index of an old index's sources with another model.
+
+``index rebuild`` is another thing: the vector index again from the catalog, same model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from indexer.cli import build
+from indexer.cli.options import IndexOpt, ModelOpt
+from indexer.errors import MedsearchError
+
+FromOpt = Annotated[
+    Path, typer.Option("--from", help="the index whose sources to re-embed (only read)")
+]
+Recipe = Annotated[str | None, typer.Option(help="preprocessing recipe (default: the model's)")]
+
+
+def reembed(
+    from_: FromOpt,
+    index: IndexOpt,
+    model: ModelOpt,
+    recipe: Recipe = None,
+    workers: build.Workers = 2,
+    batch_size: build.BatchSize = None,
+    io_threads: build.IoThreads = 4,
+    frames: Annotated[
+        str | None, typer.Option(help="middle or all (default: as the old index was built)")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="write the run report (JSON)")] = None,
+    progress: build.ShowProgress = True,
+    engine: build.Engine = "local",
+    ray_address: build.RayAddress = None,
+    encoders: build.Encoders = 1,
+    gpus_per_encoder: build.GpusPerEncoder = 0.0,
+    decode_cpus: build.DecodeCpus = None,
+    shared_paths: build.SharedPaths = None,
+) -> None:
+    """Re-read and re-embed every active item of --from into --index with --model.
+
+    The old index is opened read-only and keeps serving; its source URIs and sidecar
+    labels are reused. Resumable: rerun after a crash to continue. Sources that have
+    vanished are recorded as 'cannot read source' and retried by later runs. Switch the
+    service to the new index when this is done (README: blue/green re-embedding)."""
+    from indexer.pipeline.reembed import Reembed
+    from indexer.pipeline.runner import open_catalog
+    from indexer.settings import CatalogSettings
+
+    chosen = build.engine_options(
+        engine, address=ray_address, encoders=encoders, gpus_per_encoder=gpus_per_encoder,
+        decode_cpus=decode_cpus, shared_paths=shared_paths,
+    )  # fmt: skip
+    if from_.resolve() == index.resolve():
+        raise typer.BadParameter("--index must be a new directory, not the one of --from")
+    if CatalogSettings().catalog_url is not None:
+        raise MedsearchError(
+            "reembed reads one catalog and writes another: with MEDSEARCH_CATALOG_URL set "
+            "both would be the same database; unset it (SQLite catalogs) to re-embed"
+        )
+    old = open_catalog(from_, read_only=True)
+    try:
+        listing = Reembed(old)
+        build.run(
+            "reembed", [str(from_.resolve())], index, model, listing=listing, recipe=recipe,
+            workers=workers, batch_size=batch_size, io_threads=io_threads, metadata=None,
+            key="path", frames=frames or listing.frames, report=report, progress=progress,
+            **chosen,
+        )  # fmt: skip
+    finally:
+        old.close()
+    if listing.vanished:
+        typer.echo(
+            f"{listing.vanished} of {listing.sources} sources have vanished: recorded as "
+            "'cannot read source' (source vanished); rerun when they are back"
+        )

@@ -1,0 +1,172 @@
+"""What crosses Ray: plain columns (numbers, strings, bytes), to and from the pipeline's
+objects.
+
+Each Ray Data row is one whole batch: a table of plain columns packed as Arrow IPC bytes
+(:func:`pack`, :func:`unpack`), so that a block is one batch and Ray's per-block cost is
+paid once per batch rather than once per image (with one row per image, Ray Data cuts
+model inputs into blocks of one image each). The driver turns each item into a *job row*
+(:func:`job_row`): a path the workers read, a URI they fetch (DICOMweb), the bytes the
+driver read (archive members, files the workers cannot see), or a refusal already known.
+The decode stage answers with one *image row* per image, or one row with the reason
+there is none (:func:`result_rows`); the encoder stage replaces the pixels with the
+embedding. On the driver, :func:`prepared_items` rebuilds the same
+:class:`~indexer.pipeline.preparer.Prepared` objects that the local engine hands to the
+:class:`~indexer.pipeline.writer.Writer`, so both engines commit the same rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+from indexer.imaging.guard import DecodeJob
+from indexer.imaging.types import DecodedImage, DecodeResult, FileInfo, ImageMetadata, Reason
+from indexer.pipeline.preparer import Prepared
+from indexer.pipeline.reader import ReadItem
+
+BATCH = "batch"  # the one column of the Ray Data rows: a packed table
+Columns = dict[str, list[Any]]
+
+JOB_COLUMNS = ("seq", "kind", "uri", "path", "data", "reason", "detail", "size")
+IMAGE_COLUMNS = (
+    "seq", "uri", "count", "sha256", "size", "reason", "detail", "meta", "grey", "recipe",
+    "pixels", "height", "width", "channels", "prepare_s",
+)  # fmt: skip
+PATH, DATA, URI, REFUSED = "path", "data", "uri", "refused"
+_NO_PIXELS: npt.NDArray[np.uint8] = np.zeros(0, dtype=np.uint8)
+
+
+def pack(columns: Columns) -> Any:
+    """``columns`` as Arrow IPC bytes (a ``pyarrow.Buffer``)."""
+    table = pa.table(columns)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def unpack(blob: Any) -> Columns:
+    """The columns of a packed batch (``bytes`` or a ``pyarrow.Buffer``)."""
+    buffer = blob if isinstance(blob, pa.Buffer) else pa.py_buffer(blob)
+    columns: Columns = pa.ipc.open_stream(buffer).read_all().to_pydict()
+    return columns
+
+
+def to_block(blobs: list[Any]) -> Any:
+    """Packed batches as a Ray Data block (an Arrow table of one binary column): returned
+    as Arrow, Ray does not convert it (from a list of ``bytes`` it spends ~5 ms an image)."""
+    buffers = [blob if isinstance(blob, pa.Buffer) else pa.py_buffer(blob) for blob in blobs]
+    offsets = np.cumsum([0, *(b.size for b in buffers)], dtype=np.int64)
+    data = buffers[0] if len(buffers) == 1 else pa.py_buffer(b"".join(buffers))
+    array = pa.Array.from_buffers(
+        pa.large_binary(), len(buffers), [None, pa.py_buffer(offsets), data]
+    )
+    return pa.table({BATCH: array})
+
+
+def from_block(block: Any) -> list[Any]:
+    """The packed batches of a block, without copying them."""
+    return [value.as_buffer() for value in block.column(BATCH)]
+
+
+def empty(names: tuple[str, ...]) -> Columns:
+    return {name: [] for name in names}
+
+
+def job_row(seq: int, read: ReadItem, job: DecodeJob | DecodeResult | None) -> dict[str, Any]:
+    """``job``: what the driver fetched (as the local engine's reader does), or ``None``
+    for an item the workers read by its URI."""
+    row: dict[str, Any] = {
+        "seq": seq, "kind": URI, "uri": read.item.uri, "path": "", "data": b"",
+        "reason": "", "detail": "", "size": read.item.size or 0,
+    }  # fmt: skip
+    if isinstance(job, DecodeResult):
+        reason = job.reason or Reason.INTERNAL
+        row.update(kind=REFUSED, reason=reason.value, detail=job.detail, size=job.file.size)
+    elif job is not None and job.path is not None:
+        row.update(kind=PATH, path=job.path)
+    elif job is not None:
+        row.update(kind=DATA, data=job.data or b"")
+    return row
+
+
+def refusal(reason: Reason, detail: str, size: int = 0) -> DecodeResult:
+    return DecodeResult(file=FileInfo("", size), reason=reason, detail=detail)
+
+
+def result_rows(out: Columns, seq: int, uri: str, result: DecodeResult, seconds: float) -> None:
+    """Append ``result``'s image rows (or its one refusal row) to ``out``."""
+    images = result.images if result.ok else []
+    common = {
+        "seq": seq, "uri": uri, "count": len(images), "sha256": result.file.sha256,
+        "size": result.file.size, "detail": result.detail,
+        "reason": "" if result.ok else (result.reason or Reason.NO_IMAGE).value,
+    }  # fmt: skip
+    for index, image in enumerate(images or [None]):
+        row = dict(common, prepare_s=seconds if index == 0 else 0.0)
+        if image is None:
+            row.update(meta="", grey=False, recipe="", pixels=b"", height=0, width=0, channels=0)
+        else:
+            pixels = np.ascontiguousarray(image.pixels, dtype=np.uint8)
+            row.update(
+                meta=image.metadata.model_dump_json(),
+                grey=image.grey,
+                recipe=image.recipe or "",
+                pixels=pixels.tobytes(),
+                height=pixels.shape[0],
+                width=pixels.shape[1],
+                channels=pixels.shape[2] if pixels.ndim == 3 else 0,  # 0: grey, one channel
+            )
+        for name in IMAGE_COLUMNS:
+            out[name].append(row[name])
+
+
+def pixels_of(rows: Columns, i: int) -> npt.NDArray[np.uint8]:
+    shape = (int(rows["height"][i]), int(rows["width"][i]), int(rows["channels"][i]))
+    pixels = np.frombuffer(rows["pixels"][i], dtype=np.uint8)
+    return pixels.reshape(shape if shape[2] else shape[:2])
+
+
+def image_of(rows: Columns, i: int, pixels: npt.NDArray[np.uint8]) -> DecodedImage:
+    return DecodedImage(
+        pixels=pixels,
+        metadata=ImageMetadata.model_validate_json(rows["meta"][i]),
+        grey=bool(rows["grey"][i]),
+        recipe=str(rows["recipe"][i]) or None,
+    )
+
+
+def result_of(rows: Columns, i: int, images: list[DecodedImage]) -> DecodeResult:
+    reason = str(rows["reason"][i])
+    return DecodeResult(
+        file=FileInfo(str(rows["sha256"][i]), int(rows["size"][i])),
+        images=images,
+        reason=Reason(reason) if reason else None,
+        detail=str(rows["detail"][i]),
+    )
+
+
+def prepared_items(
+    rows: Columns, reads: dict[int, ReadItem], dim: int
+) -> tuple[list[Prepared], npt.NDArray[np.float32]]:
+    """The encoder's rows back to items, on the driver, with their embeddings in order.
+
+    An item's rows are contiguous and never split between two encoder batches (a decoded
+    batch is encoded whole). ``reads`` maps each job's ``seq`` to its item; entries are
+    taken out here.
+    """
+    done: list[Prepared] = []
+    vectors: list[npt.NDArray[np.float32]] = []
+    i, n = 0, len(rows["seq"])
+    while i < n:
+        seq, count = int(rows["seq"][i]), int(rows["count"][i])
+        span = range(i, i + max(count, 1))
+        images = [image_of(rows, j, _NO_PIXELS) for j in span] if count else []
+        done.append(Prepared(reads.pop(seq), result_of(rows, i, images)))
+        vectors += [np.frombuffer(rows["embedding"][j], dtype="<f4") for j in span if count]
+        i = span.stop
+    stacked = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
+    return done, stacked
