@@ -36,15 +36,11 @@ import platform
 import re
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +55,10 @@ from benchmarks.bench_upload_memory import (
     decoder_workers,
     hwm_mb,
     rss_mb,
+    server,
     testdata,
 )
 from tests.imaging.test_fuzz import _seeds, mutations
-from tests.service.live import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_MODEL = ROOT / "tests" / "data" / "test_model"
@@ -124,53 +120,6 @@ def plan(n: int, seed: int) -> list[Upload]:
         if i % VALID_EVERY == 0:
             out.append(valid[(i // VALID_EVERY - 1) % len(valid)])
     return out
-
-
-# -- server
-@contextmanager
-def server(
-    index: Path, log: Path, env: dict[str, str], headers: dict[str, str] | None = None
-) -> Iterator[tuple[str, int]]:
-    """``python -m service -v serve`` on loopback, log to a file; yields (base URL, pid).
-    As bench_upload_memory's, with ``headers`` for /readyz on a server that needs a key."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "service", "-v", "serve", "--index", str(index),
-        "--model", str(TEST_MODEL), "--port", str(port),
-    ]  # fmt: skip
-    full_env = {**os.environ, "MEDSEARCH_PROVIDER": "cpu", "MEDSEARCH_INTRA_OP_THREADS": "1"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command,
-            env={**full_env, **env},
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready in 120 s")
-            try:
-                r = httpx.get(f"{base}/readyz", timeout=2, headers=headers)
-                if r.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        yield base, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 class WorkerWatch:
@@ -331,7 +280,7 @@ def probe(index: Path, log: Path) -> dict[str, object]:
     failures: list[str] = []
     before_key: list[str] = []  # malformed JSON without a key, answered other than 401
     with (
-        server(index, log, env, headers=good) as (base, _),
+        server(index, log, env, headers=good, verbose=True) as (base, _),
         httpx.Client(base_url=base, timeout=60) as http,
     ):
         schema = http.get("/openapi.json", headers=good).json()
@@ -395,7 +344,7 @@ def main() -> int:
         tmp = Path(name)
         index = build_index(tmp)
         log = tmp / "server.log"
-        with server(index, log, {}) as (base, pid):
+        with server(index, log, {}, verbose=True) as (base, pid):
             print(f"server pid {pid}, RSS {rss_mb(pid):.1f} MB when ready")
             t0 = time.perf_counter()
             with WorkerWatch(pid) as watch:

@@ -178,13 +178,21 @@ class Sampler:
 
 # -- server
 @contextmanager
-def server(index: Path, log: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]:
+def server(
+    index: Path,
+    log: Path,
+    env: dict[str, str],
+    headers: dict[str, str] | None = None,
+    *,
+    verbose: bool = False,
+) -> Iterator[tuple[str, int]]:
     """``python -m service serve`` on loopback; yields (base URL, pid). Its log goes to a
-    file: an undrained pipe would block a server that logs much."""
+    file: an undrained pipe would block a server that logs much. ``headers`` for /readyz
+    on a server that needs a key; ``verbose`` logs at INFO (worker replacements)."""
     port = free_port()
     command = [
-        sys.executable, "-m", "service", "serve", "--index", str(index),
-        "--model", str(TEST_MODEL), "--port", str(port),
+        sys.executable, "-m", "service", *(["-v"] if verbose else []), "serve",
+        "--index", str(index), "--model", str(TEST_MODEL), "--port", str(port),
     ]  # fmt: skip
     full_env = {
         **os.environ,
@@ -210,7 +218,7 @@ def server(index: Path, log: Path, env: dict[str, str]) -> Iterator[tuple[str, i
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not become ready in 120 s")
             try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{base}/readyz", timeout=2, headers=headers).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

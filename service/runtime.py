@@ -39,8 +39,11 @@ class Runtime:
         self.metrics = Metrics()
         # loads, verifies hashes and runs the self-test (as the encoder settings say)
         self.encoder = Encoder.load(settings.model_dir, engine.encoder)
-        self.catalog = Catalog.open(catalog_url(settings.index_dir, engine.catalog), upgrade=False)
-        self.searcher = Searcher(settings.index_dir, self.catalog)
+        # resolved once: a symlink swapped to another index (blue/green) takes effect at
+        # the next start, never half-way (new versions of *this* index are picked up live)
+        index_dir = settings.index_dir.resolve()
+        self.catalog = Catalog.open(catalog_url(index_dir, engine.catalog), upgrade=False)
+        self.searcher = Searcher(index_dir, self.catalog)
         self.searcher.check_model(self.encoder.fingerprint)
         self.imaging = engine.imaging
         self.decoders = DecoderPool(self.imaging, settings.workers)
