@@ -243,7 +243,8 @@ class DecoderWorker:
                 last = self._read_capture()
                 if last:
                     detail += f": {last[-1]}"
-        logger.warning("decoder worker replaced: %s (%s)", reason.value, detail)
+        # the refusal carries the reason; the replacement itself is routine (INFO, `-v`)
+        logger.info("decoder worker replaced: %s (%s)", reason.value, detail)
         self._kill()
         self.restarts += 1
         return DecodeResult(file=info, reason=reason, detail=detail)

@@ -88,3 +88,20 @@ def test_embed_reads_dicom(test_model_dir: Path, encoder: Encoder) -> None:
     pixels = decode_path(_file("CT_small.dcm"), ImagingSettings()).images[0].pixels
     want = encoder.embed_images([pixels])[0]
     assert float(got @ want) > 0.9999
+
+
+def test_a_memory_bomb_is_one_clear_line(tmp_path: Path) -> None:
+    """pydicom's SC_rgb_jpeg_dcmtk.dcm with the JPEG SOF0 height set to 0: before, preview
+    printed two worker tracebacks before its refusal."""
+    from tests.imaging.test_guard import sof0_height_zero
+
+    bomb = tmp_path / "sof0.dcm"
+    bomb.write_bytes(sof0_height_zero())
+    run = medsearch(
+        "preview", str(bomb), "-o", str(tmp_path / "out.png"),
+        env={"MEDSEARCH_DECODE_MEMORY_MB": "1024"},
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.strip().count("\n") == 0, run.stderr
+    assert "decode memory limit" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out.png").exists()
