@@ -19,8 +19,6 @@ from contextlib import asynccontextmanager
 from service.errors import ServiceError
 
 DECODES_PER_WORKER = 4
-HAND_OVER_BYTES = 480 * 480 * 3
-"""What a worker hands back per image at most: the model's input (or a smaller thumbnail)."""
 
 
 class DecodeBudget:

@@ -16,12 +16,13 @@ import numpy.typing as npt
 from indexer.encoders.encoder import Encoder
 from indexer.errors import ImageRefused
 from indexer.imaging.guard import DecodeJob, DecoderPool
+from indexer.imaging.handover import slot_bytes
 from indexer.imaging.types import DecodedImage, Reason
 from indexer.sources.dicomweb_client import DicomWebClient
 from indexer.store.catalog import Catalog, catalog_url
 from indexer.store.searcher import Searcher
 from service.batcher import MicroBatcher, Overloaded
-from service.budget import DECODES_PER_WORKER, HAND_OVER_BYTES, DecodeBudget
+from service.budget import DECODES_PER_WORKER, DecodeBudget
 from service.caches import LRU
 from service.config import EngineSettings, ServiceSettings
 from service.errors import ServiceError
@@ -149,16 +150,14 @@ class Runtime:
     async def embed_texts(self, texts: Sequence[str]) -> list[Vector]:
         return list(await asyncio.gather(*(self.embed_text(t) for t in texts)))
 
-    async def decode(
-        self, data: bytes, *, model_input: bool = True, thumbnail: int | None = None
-    ) -> DecodedImage:
+    async def decode(self, data: bytes, *, thumbnail: int | None = None) -> DecodedImage:
         """Decode an upload or a source file in a guarded worker, which hands back only the
         model's input (or a thumbnail): full-resolution pixels never reach this process.
         The bytes waiting for a worker count against the decode budget (503 when full)."""
-        recipe = self.recipe if model_input and thumbnail is None else None
+        recipe = self.recipe if thumbnail is None else None
         job = DecodeJob(data=data, recipe=recipe, thumbnail=thumbnail)
         loop = asyncio.get_running_loop()
-        async with self.decode_budget.reserve(len(data) + HAND_OVER_BYTES):
+        async with self.decode_budget.reserve(len(data) + slot_bytes(self.recipe)):
             result = await loop.run_in_executor(self.decode_pool, self.decoders.decode, job)
         if not result.ok:
             reason = result.reason or Reason.UNSUPPORTED

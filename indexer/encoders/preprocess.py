@@ -211,12 +211,6 @@ def preprocess(image: Image.Image | npt.NDArray[Any], recipe: Recipe) -> npt.NDA
     return out
 
 
-def preprocess_batch(
-    images: Sequence[Image.Image | npt.NDArray[Any]], recipe: Recipe
-) -> npt.NDArray[np.float32]:
-    return normalise([prepare(im, recipe) for im in images], recipe)
-
-
 def builtin_test_image() -> Image.Image:
     """A deterministic synthetic image (no file, no RNG) used by the self-test.
 

@@ -171,7 +171,6 @@ class DecoderWorker:
         self._captured = True  # the capture file may hold output: empty it before a job
         self._slot: SharedSlot | None = None
         self.restarts = 0
-        self.recycled = 0
 
     def start(self) -> None:
         """Start the process now (it imports its codecs while the caller goes on)."""
@@ -271,7 +270,6 @@ class DecoderWorker:
         if address_space - self._base_vm > GROWTH_FRACTION * limit:
             logger.info("decoder worker recycled: grew to %d MB", address_space >> 20)
             self._kill()
-            self.recycled += 1
 
     def decode(self, job: DecodeJob) -> DecodeResult:
         seasoned = self._proc is not None and self._served > 0
