@@ -24,6 +24,7 @@ from indexer.errors import (
     TextInputError,
 )
 from indexer.imaging.types import Reason
+from indexer.store.series_search import NoSeriesIndex
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ def _domain_status(exc: MedsearchError) -> tuple[int, str]:
         return 409, "model mismatch"
     if isinstance(exc, CatalogError):
         return 404, "not found"
+    if isinstance(exc, NoSeriesIndex):
+        return 409, "no series index"
     return 400, "bad request"
 
 

@@ -46,14 +46,21 @@ class Links:
     wado_base: str | None = None
 
     def of(self, row: ItemRecord) -> dict[str, str | None]:
-        study, series, sop = row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid
+        return self.for_uids(row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid)
+
+    def for_uids(
+        self, study: str | None, series: str | None, sop: str | None
+    ) -> dict[str, str | None]:
+        """The viewer at ``study`` (and ``series``, ``sop`` where the template asks); WADO-RS
+        of the instance, or of the series when no ``sop`` is given."""
         viewer = wado = None
         if self.viewer_template and study:
             viewer = self.viewer_template.format(
                 study_uid=study, series_uid=series or "", sop_uid=sop or ""
             )
-        if self.wado_base and study and series and sop:
-            wado = f"{self.wado_base.rstrip('/')}/studies/{study}/series/{series}/instances/{sop}"
+        if self.wado_base and study and series:
+            wado = f"{self.wado_base.rstrip('/')}/studies/{study}/series/{series}"
+            wado += f"/instances/{sop}" if sop else ""
         return {"viewer_url": viewer, "wado_url": wado}
 
 

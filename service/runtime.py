@@ -21,6 +21,7 @@ from indexer.imaging.types import DecodedImage, Reason
 from indexer.sources.dicomweb_client import DicomWebClient
 from indexer.store.catalog import Catalog, catalog_url
 from indexer.store.searcher import Searcher
+from indexer.store.series_search import SeriesSearcher
 from service.batcher import MicroBatcher, Overloaded
 from service.budget import DECODES_PER_WORKER, DecodeBudget
 from service.caches import LRU
@@ -46,6 +47,7 @@ class Runtime:
         self.catalog = Catalog.open(catalog_url(index_dir, engine.catalog), upgrade=False)
         self.searcher = Searcher(index_dir, self.catalog)
         self.searcher.check_model(self.encoder.fingerprint)
+        self.series = SeriesSearcher(self.searcher)
         self.imaging = engine.imaging
         self.decoders = DecoderPool(self.imaging, settings.workers)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-work")

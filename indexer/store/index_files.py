@@ -4,7 +4,8 @@ Layout under the store's root (the index directory, never a path from user input
 
     CURRENT                               the published version's name
     versions/v000042-20261122T101500Z/    one directory per version
-        index.faiss                       faiss.write_index output
+        index.faiss                       faiss.write_index output (instances)
+        series.faiss                      the series index (series vectors), if any
         manifest.json                     IndexManifest: facts, counts, model, sha256
 
 A version is written into ``versions/.tmp-<name>/``, its files and directory fsynced, then
@@ -42,6 +43,7 @@ from indexer.store.vector_index import BuildFacts, BuiltIndex
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
+SERIES_FILE = "series.faiss"
 MANIFEST_FILE = "manifest.json"
 POINTER_FILE = "CURRENT"
 VERSIONS_DIR = "versions"
@@ -61,6 +63,17 @@ class FileEntry(BaseModel):
     size: int
 
 
+class SeriesManifest(BaseModel):
+    """The series index of a version: series vectors pooled from the instances'."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    count: int
+    pooling: str
+    revision: int  # the catalog's series revision it holds (see indexer.store.series)
+    facts: BuildFacts
+
+
 class IndexManifest(BaseModel):
     """What a published version holds and how it was built."""
 
@@ -77,6 +90,7 @@ class IndexManifest(BaseModel):
     render_policy: str
     embedding_dim: int
     deleted_since_build: int = 0
+    series: SeriesManifest | None = None  # None: published before series vectors
     files: dict[str, FileEntry]
 
 
@@ -84,6 +98,16 @@ class IndexManifest(BaseModel):
 class LoadedIndex:
     index: Any  # a faiss.Index (untyped)
     manifest: IndexManifest
+    series: Any = None  # the series index, when the version has one
+
+
+@dataclass
+class SeriesIndex:
+    """A series index to publish with the instance index."""
+
+    built: BuiltIndex
+    pooling: str
+    revision: int
 
 
 def _fsync_dir(path: Path) -> None:
@@ -140,8 +164,14 @@ class IndexStore:
         last = max((c for c in counters if c is not None), default=0)
         return f"v{last + 1:06d}-{now:%Y%m%dT%H%M%SZ}"
 
-    def publish(self, built: BuiltIndex, manifest_extra: Mapping[str, Any]) -> IndexManifest:
-        """Write ``built`` as a new version and make it current; returns its manifest.
+    def publish(
+        self,
+        built: BuiltIndex,
+        manifest_extra: Mapping[str, Any],
+        series: SeriesIndex | None = None,
+    ) -> IndexManifest:
+        """Write ``built`` (and ``series``, in the same version: both or neither are
+        published) as a new version and make it current; returns its manifest.
 
         ``manifest_extra`` holds the catalog side: ``catalog_high_water``,
         ``model_fingerprint``, ``recipe``, ``render_policy`` and optionally
@@ -154,6 +184,13 @@ class IndexStore:
             raise ValueError(f"manifest count {extra['count']} != {count} vectors in the index")
         if extra.setdefault("embedding_dim", dim) != dim or built.facts.dim != dim:
             raise ValueError(f"embedding_dim {extra['embedding_dim']} != index dimension {dim}")
+        if series is not None:
+            extra["series"] = {
+                "count": int(series.built.index.ntotal),
+                "pooling": series.pooling,
+                "revision": series.revision,
+                "facts": series.built.facts,
+            }
         reserved = {"version", "created_at", "facts", "files"} & extra.keys()
         if reserved:
             raise ValueError(f"manifest_extra may not set {sorted(reserved)}")
@@ -168,8 +205,10 @@ class IndexStore:
             tmp = self.versions_dir / f"{TMP_PREFIX}{name}"
             tmp.mkdir()
             try:
-                entry = self._write_index(index, tmp / INDEX_FILE)
-                manifest = draft.model_copy(update={"files": {INDEX_FILE: entry}})
+                files = {INDEX_FILE: self._write_index(index, tmp / INDEX_FILE)}
+                if series is not None:
+                    files[SERIES_FILE] = self._write_index(series.built.index, tmp / SERIES_FILE)
+                manifest = draft.model_copy(update={"files": files})
                 _write_synced(tmp / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -288,17 +327,32 @@ class IndexStore:
 
     def _load_version(self, name: str, verify: bool) -> LoadedIndex:
         manifest = self._manifest(name)
-        entry = manifest.files[INDEX_FILE]
-        path = self.versions_dir / name / INDEX_FILE
-        bad = f"index version {name}: {INDEX_FILE}"
+        index = self._load_file(name, INDEX_FILE, manifest, verify)
+        if int(index.ntotal) != manifest.count or int(index.d) != manifest.embedding_dim:
+            raise IndexCorruptError(
+                f"index version {name}: {INDEX_FILE} does not hold what its manifest says; "
+                f"{REBUILD_HINT}"
+            )
+        series = None
+        if manifest.series is not None:
+            series = self._load_file(name, SERIES_FILE, manifest, verify)
+            if int(series.ntotal) != manifest.series.count:
+                raise IndexCorruptError(
+                    f"index version {name}: {SERIES_FILE} does not hold what its manifest "
+                    f"says; {REBUILD_HINT}"
+                )
+        return LoadedIndex(index=index, manifest=manifest, series=series)
+
+    def _load_file(self, name: str, file: str, manifest: IndexManifest, verify: bool) -> Any:
+        entry = manifest.files.get(file)
+        bad = f"index version {name}: {file}"
+        if entry is None:
+            raise IndexCorruptError(f"{bad} is not in its manifest; {REBUILD_HINT}")
         try:
-            with open(path, "rb") as f:  # the open file survives a concurrent prune
-                index = self._read_index(f, entry, verify, bad)
+            with open(self.versions_dir / name / file, "rb") as f:  # survives a prune
+                return self._read_index(f, entry, verify, bad)
         except FileNotFoundError as err:
             raise IndexCorruptError(f"{bad} is missing; {REBUILD_HINT}") from err
-        if int(index.ntotal) != manifest.count or int(index.d) != manifest.embedding_dim:
-            raise IndexCorruptError(f"{bad} does not hold what its manifest says; {REBUILD_HINT}")
-        return LoadedIndex(index=index, manifest=manifest)
 
     @staticmethod
     def _read_index(f: BinaryIO, entry: FileEntry, verify: bool, bad: str) -> Any:

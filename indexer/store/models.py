@@ -13,6 +13,12 @@
   (no PHI: fixed phrases) and how many runs tried them (``attempts``): transient reasons
   are retried by later runs (see :mod:`indexer.store.retries`).
 - ``runs``: who ran what, when, and the counts.
+- ``series``: one row per DICOM series: its vector pooled from its active instances'
+  embeddings (see :mod:`indexer.store.series`); the row id is the series index's vector
+  id. ``members`` and ``member_id_sum`` say which items it was pooled from (ids only grow,
+  so a changed membership changes one of them). A series with no active item left is a
+  tombstone (``status = 'removed'``). ``revision`` grows with every change, so that a
+  series index update takes exactly the rows changed since the version it starts from.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -139,3 +146,24 @@ class Failure(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+
+
+class SeriesRow(Base):
+    __tablename__ = "series"
+    __table_args__ = (Index("ix_series_study", "study_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
+    members: Mapped[int] = mapped_column(Integer)  # active items pooled (instances, frames)
+    member_id_sum: Mapped[int] = mapped_column(BigInteger)
+    pooling: Mapped[str] = mapped_column(String(16))
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, L2-normalised
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active, removed
+    revision: Mapped[int] = mapped_column(Integer, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )

@@ -5,6 +5,11 @@ tombstoned rows removed, and a new version is published. A full build (train + t
 ``nprobe``) happens on ``--rebuild``, on the first build, when the index kind should
 change with the catalog's size (exact -> IVF), and when the catalog has grown past a
 multiple of the size the IVF was trained on.
+
+The series index (:mod:`indexer.store.series`) goes with it, in the same version: the
+series table is refreshed from the items, then the series changed since the published
+version's series revision are updated in the series index (or it is built afresh, by
+the same rules as the instance index).
 """
 
 from __future__ import annotations
@@ -17,9 +22,16 @@ import numpy as np
 
 from indexer.errors import ModelMismatchError
 from indexer.store.catalog import Catalog, ModelBinding
-from indexer.store.index_files import IndexManifest, IndexStore
+from indexer.store.index_files import IndexManifest, IndexStore, LoadedIndex, SeriesIndex
 from indexer.store.index_params import Compression, choose_kind, needs_retrain
-from indexer.store.vector_index import BuiltIndex, add, build_index, remove
+from indexer.store.series import (
+    POOLING,
+    refresh_series,
+    series_changes,
+    series_revision,
+    series_vectors,
+)
+from indexer.store.vector_index import BuildFacts, BuiltIndex, add, build_index, remove
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +65,37 @@ def _extra(catalog: Catalog, binding: ModelBinding, high_water: int, count: int)
     }
 
 
+def _series_full(catalog: Catalog, binding: ModelBinding) -> SeriesIndex:
+    revision = series_revision(catalog)  # read first: a later change is taken next time
+    ids, vectors = series_vectors(catalog, binding.embedding_dim)
+    built = build_index(ids, vectors)
+    logger.info("built %s series index of %d series", built.facts.kind, len(ids))
+    return SeriesIndex(built, POOLING, revision)
+
+
+def _series_update(
+    catalog: Catalog, binding: ModelBinding, loaded: LoadedIndex
+) -> SeriesIndex | None:
+    """The series index updated with the series changed since ``loaded``'s; ``None`` when
+    nothing changed. Built afresh when ``loaded`` has none or its kind no longer fits."""
+    refresh_series(catalog, binding.embedding_dim)
+    published = loaded.manifest.series
+    if loaded.series is None or published is None or published.pooling != POOLING:
+        return _series_full(catalog, binding)
+    changes = series_changes(catalog, binding.embedding_dim, published.revision)
+    if changes.empty:
+        return None
+    count = int(loaded.series.ntotal) + len(changes.updated_ids)  # at most
+    facts: BuildFacts = published.facts
+    if choose_kind(count) != facts.kind or (
+        facts.kind != "flat" and needs_retrain(count, facts.trained_on)
+    ):
+        return _series_full(catalog, binding)
+    remove(loaded.series, np.concatenate([changes.updated_ids, changes.removed_ids]))
+    add(loaded.series, changes.updated_ids, changes.updated_vectors)
+    return SeriesIndex(BuiltIndex(loaded.series, facts), POOLING, changes.revision)
+
+
 def full_build(
     catalog: Catalog, store: IndexStore, binding: ModelBinding, compress: Compression = "none"
 ) -> IndexManifest:
@@ -60,7 +103,9 @@ def full_build(
     ids, vectors = _all_vectors(catalog, high_water)
     built = build_index(ids, vectors, compress=compress)
     logger.info("built %s index of %d vectors", built.facts.kind, len(ids))
-    return store.publish(built, _extra(catalog, binding, high_water, len(ids)))
+    refresh_series(catalog, binding.embedding_dim)
+    series = _series_full(catalog, binding)
+    return store.publish(built, _extra(catalog, binding, high_water, len(ids)), series)
 
 
 def _needs_full_build(manifest: IndexManifest, binding: ModelBinding, n_active: int) -> str:
@@ -110,9 +155,14 @@ def sync_index(
         add(loaded.index, ids, vectors)
         added += len(ids)
     removed = remove(loaded.index, catalog.removed_ids())
-    if not added and not removed:
+    series = _series_update(catalog, binding, loaded)
+    if not added and not removed and series is None:
         return manifest.model_dump(mode="json")
+    if series is None and loaded.series is not None and manifest.series is not None:
+        series = SeriesIndex(BuiltIndex(loaded.series, manifest.series.facts), POOLING,
+                             manifest.series.revision)  # fmt: skip
     built = BuiltIndex(index=loaded.index, facts=manifest.facts)
     count = int(loaded.index.ntotal)
     logger.info("index update: %d added, %d removed, %d total", added, removed, count)
-    return store.publish(built, _extra(catalog, binding, high_water, count)).model_dump(mode="json")
+    extra = _extra(catalog, binding, high_water, count)
+    return store.publish(built, extra, series).model_dump(mode="json")

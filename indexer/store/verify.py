@@ -2,7 +2,9 @@
 
 Checks: the index files match their manifest (size, sha256); the index holds exactly the
 catalog's active ids up to the manifest's high-water mark; ``K`` probe queries (active
-rows' own embeddings) find their own row first.
+rows' own embeddings) find their own row first. The series index of the same version holds
+exactly the series rows active at its revision (rows changed later are pending, as
+catalog rows above the high-water mark are) and each finds itself first.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.store.catalog import Catalog
+from indexer.store.index_files import LoadedIndex
+from indexer.store.series import series_rows_at
 from indexer.store.sync import index_store
 from indexer.store.vector_index import search
 
@@ -84,4 +88,28 @@ def verify(index_dir: Path, catalog: Catalog, *, probes: int = 20, seed: int = 0
     report.facts["probe_misses"] = misses
     if misses:
         report.fail(f"{misses} of {len(embeddings)} probe queries did not find their own row")
+    _verify_series(report, loaded, catalog)
     return report
+
+
+def _verify_series(report: VerifyReport, loaded: LoadedIndex, catalog: Catalog) -> None:
+    published = loaded.manifest.series
+    if published is None or loaded.series is None:
+        report.fail("the index has no series index: run `medsearch index rebuild`")
+        return
+    active, vectors, pending = series_rows_at(catalog, published.revision)
+    stored = index_ids(loaded.series)
+    report.facts["series_count"] = int(stored.size)
+    report.facts["series_active"] = int(active.size)
+    if np.unique(stored).size != stored.size:
+        report.fail("the series index holds duplicate ids")
+    extra = np.setdiff1d(np.setdiff1d(stored, active), pending)  # pending: changed since
+    if np.setdiff1d(active, stored).size or extra.size:
+        report.fail("the series index does not hold the catalog's active series")
+    misses = 0
+    for series_id, vector in zip(active, vectors, strict=True):
+        scores, ids = search(loaded.series, vector.reshape(1, -1), 5)
+        top = [int(i) for s, i in zip(scores[0], ids[0], strict=True) if s >= scores[0][0] - 1e-4]
+        misses += int(series_id) not in top
+    if misses:
+        report.fail(f"{misses} of {active.size} series did not find themselves first")
