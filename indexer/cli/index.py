@@ -4,14 +4,22 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from indexer.cli import build, reembed
 from indexer.cli.options import IndexOpt, ModelOpt
 from indexer.errors import MedsearchError
+
+
+class Level(StrEnum):
+    images = "images"
+    series = "series"
+    study = "study"
+
 
 app = typer.Typer(no_args_is_help=True, help="Build and query an index (catalog + FAISS).")
 
@@ -135,8 +143,12 @@ def search_cmd(
     image: Annotated[Path | None, typer.Option(help="an image file (DICOM, PNG, ...)")] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=1000)] = 10,
     modality: Annotated[list[str] | None, typer.Option(help="filter (repeatable)")] = None,
+    level: Annotated[
+        Level, typer.Option(help="images, or DICOM series, or studies (pooled vectors)")
+    ] = Level.images,
 ) -> None:
-    """Nearest neighbours of a text or an image, without the server (JSON lines)."""
+    """Nearest neighbours of a text or an image, without the server (JSON lines): images,
+    or with ``--level series|study`` series and studies (one line each, best first)."""
     from indexer.cli.embed import open_images
     from indexer.encoders.encoder import Encoder
     from indexer.pipeline.runner import open_catalog
@@ -157,7 +169,11 @@ def search_cmd(
             assert image is not None
             recipe = encoder.recipe(searcher.binding.recipe)
             vector = encoder.embed_inputs(open_images([image], recipe), recipe.name)[0]
-        hits = searcher.search(vector, k, filters=Filters(modality=modality or None))
+        filters = Filters(modality=modality or None)
+        if level != Level.images:
+            _echo_series(searcher, vector, k, filters, level)
+            return
+        hits = searcher.search(vector, k, filters=filters)
         for hit in hits:
             row = hit.item
             typer.echo(
@@ -174,3 +190,27 @@ def search_cmd(
             )
     finally:
         catalog.close()
+
+
+def _echo_series(searcher: Any, vector: Any, k: int, filters: Any, level: Level) -> None:
+    from indexer.store.series_search import SeriesQuery, SeriesSearcher
+
+    series = SeriesSearcher(searcher)
+    if level == Level.study:
+        for study in series.search_studies(SeriesQuery(vector), k, filters=filters):
+            uids = [s.series.series_instance_uid for s in study.series]
+            line = {"study_instance_uid": study.study_instance_uid, "score": study.score}
+            typer.echo(json.dumps({**line, "series": uids}))
+        return
+    for hit in series.search(SeriesQuery(vector), k, filters=filters):
+        best = hit.best_items[0].item if hit.best_items else None
+        record = hit.series
+        line = {
+            "series_instance_uid": record.series_instance_uid,
+            "study_instance_uid": record.study_instance_uid,
+            "modality": record.modality,
+            "instances": record.members,
+            "score": round(hit.score, 6),
+            "best_source_uri": best.source_uri if best else None,
+        }
+        typer.echo(json.dumps(line))
