@@ -20,6 +20,7 @@ from service.middleware import BodyLimit, JsonDepthLimit, RequestMetrics
 from service.routes import azure, classify, dicom, health, items, search, series, web
 from service.runtime import Runtime
 from service.schemas import ErrorBody, ImageSearchRequest
+from service.series_schemas import SeriesSearchRequest
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +112,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    image_schema = ImageSearchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    for name, definition in image_schema.pop("$defs", {}).items():
-        components.setdefault(name, definition)
-    components["ImageSearchRequest"] = image_schema
+    for model in (ImageSearchRequest, SeriesSearchRequest):  # bodies the routes read themselves
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in body.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        components[model.__name__] = body
     app.openapi_schema = schema
     return schema

@@ -36,7 +36,7 @@ def test_compose_config_is_valid() -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     resolved = yaml.safe_load(run.stdout)
-    assert set(resolved["services"]) == {"orthanc", "api", "indexer", "api-gpu"}
+    assert set(resolved["services"]) == {"orthanc", "api", "indexer", "api-gpu", "viewer"}
     missing = subprocess.run(
         [*compose, "config", "-q"], cwd=ROOT, capture_output=True, text=True, check=False,
         env={k: v for k, v in os.environ.items() if k not in ENV}, timeout=60,

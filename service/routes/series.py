@@ -98,13 +98,15 @@ async def _read_request(request: Request, rt: Runtime) -> tuple[list[bytes], Ser
             max_part_size=limit,
         )
     except Exception as exc:  # noqa: BLE001 - malformed or oversized multipart
-        message = str(getattr(exc, "detail", exc))
-        status = 413 if "Too many" in message or "exceeded" in message else 422
+        message = str(getattr(exc, "detail", exc))  # too many files: 422, as the schema says
+        status = 413 if "exceeded" in message else 422
         raise ServiceError(status, "invalid multipart body", message[:200]) from None
-    uploads = [u for u in form.getlist("file") if isinstance(u, UploadFile)]
-    if not uploads:
+    uploads = form.getlist("file")
+    if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
         raise ServiceError(422, "invalid multipart body", "one or more 'file' parts are required")
-    files = [await u.read() for u in uploads]
+    if len(uploads) > MAX_QUERY_SLICES:
+        raise ServiceError(422, "too many files", f"at most {MAX_QUERY_SLICES} slices")
+    files = [await u.read() for u in uploads if isinstance(u, UploadFile)]
     raw = form.get("options") or "{}"
     try:
         text = raw if isinstance(raw, str) else "{}"

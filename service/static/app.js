@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { key: sessionStorage.getItem("medsearch-key") || "", thumbs: [], seq: 0 };
+const level = () => document.querySelector('input[name="level"]:checked').value;
 
 function headers(extra) {
   const h = Object.assign({}, extra || {});
@@ -110,6 +111,40 @@ function show(results, what) {
   say(results.length + " results " + what + ".");
 }
 
+// A series result: the best slice's thumbnail, the instance count, the viewer at the series.
+function showSeries(results, what) {
+  state.thumbs.forEach((u) => URL.revokeObjectURL(u));
+  state.thumbs = [];
+  const grid = $("results");
+  grid.replaceChildren();
+  const template = $("card-template");
+  for (const hit of results) {
+    const card = template.content.firstElementChild.cloneNode(true);
+    card.classList.add("series");
+    card.dataset.series = hit.series_instance_uid;
+    const img = card.querySelector("img");
+    img.alt = "Best slice of series " + hit.series_instance_uid;
+    if (hit.best_items.length) loadThumbnail(img, hit.best_items[0].thumbnail_url);
+    card.querySelector(".score").textContent = "score " + hit.score.toFixed(3);
+    card.querySelector(".what").textContent = [hit.modality, hit.body_part_examined,
+      hit.series_description].filter(Boolean).join(" · ");
+    const source = card.querySelector(".source");
+    source.textContent = hit.instances + (hit.instances === 1 ? " image" : " images") + " in series";
+    source.title = hit.series_instance_uid;
+    const more = card.querySelector(".more");
+    more.textContent = "Series like this";
+    more.setAttribute("aria-label", "Series like " + hit.series_instance_uid);
+    more.addEventListener("click", () => seriesLike(hit.series_instance_uid));
+    if (hit.viewer_url) {
+      const link = card.querySelector(".viewer");
+      link.href = hit.viewer_url;
+      link.hidden = false;
+    }
+    grid.appendChild(card);
+  }
+  say(results.length + " series " + what + ".");
+}
+
 async function run(what, request) {
   const seq = ++state.seq;  // only the latest search may fill the grid
   say("Searching…");
@@ -117,7 +152,9 @@ async function run(what, request) {
   try {
     const response = await request();
     const body = await response.json();
-    if (seq === state.seq) show(body.results, what);
+    if (seq !== state.seq) return;
+    if (body.level === "series") showSeries(body.results, what);
+    else show(body.results, what);
   } catch (e) {
     if (seq === state.seq) say(e.message, true);
   } finally {
@@ -125,26 +162,39 @@ async function run(what, request) {
   }
 }
 
+function postJson(path, body) {
+  return api(path, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+}
+
 function searchText(event) {
   event.preventDefault();
   const text = $("query").value.trim();
   if (!text) return;
   const body = { text: text, k: k(), filters: filters() };
-  run("for “" + text + "”", () => api("/v1/search/text", {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  }));
+  const path = level() === "series" ? "/v1/search/series" : "/v1/search/text";
+  run("for “" + text + "”", () => postJson(path, body));
 }
 
-function searchFile(file) {
-  if (!file) return;
+function searchFiles(files) {
+  if (!files || !files.length) return;
+  const series = level() === "series";
+  const chosen = series ? Array.from(files).slice(0, 64) : [files[0]];
   const form = new FormData();
-  form.append("file", file, file.name);
+  chosen.forEach((file) => form.append("file", file, file.name));
   form.append("options", JSON.stringify({ k: k(), filters: filters() }));
-  run("like " + file.name, () => api("/v1/search/image", { method: "POST", body: form }));
+  const what = chosen.length === 1 ? chosen[0].name : chosen.length + " slices";
+  const path = series ? "/v1/search/series" : "/v1/search/image";
+  run("like " + what, () => api(path, { method: "POST", body: form }));
 }
 
 function neighbours(id) {
   run("like item " + id, () => api("/v1/items/" + id + "/neighbors?k=" + k()));
+}
+
+function seriesLike(uid) {
+  run("like series " + uid, () => postJson("/v1/search/series", { series_uid: uid, k: k(), filters: filters() }));
 }
 
 function setup() {
@@ -158,13 +208,13 @@ function setup() {
   $("text-form").addEventListener("submit", searchText);
   const zone = $("drop-zone");
   zone.addEventListener("click", () => $("file").click());
-  $("file").addEventListener("change", () => searchFile($("file").files[0]));
+  $("file").addEventListener("change", () => searchFiles($("file").files));
   zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
     zone.classList.remove("over");
-    searchFile(event.dataTransfer.files[0]);
+    searchFiles(event.dataTransfer.files);
   });
 }
 
