@@ -138,6 +138,14 @@ def build(
     gpus_per_encoder: GpusPerEncoder = 0.0,
     decode_cpus: DecodeCpus = None,
     shared_paths: SharedPaths = None,
+    series_sample: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="index N slices per DICOM series, evenly spaced along the slice order "
+            "(recorded: later runs keep it; default every slice)",
+        ),
+    ] = None,
 ) -> None:
     """Index SOURCES into --index (resumable: rerun after a crash to continue).
 
@@ -152,7 +160,7 @@ def build(
         "build", sources, index, model, workers=workers, batch_size=batch_size,
         io_threads=io_threads, rebuild=rebuild, metadata=metadata, key=key, frames=frames,
         report=report, progress=progress, retry_failed=retry_failed, retry_reason=retry_reason,
-        **chosen,
+        series_sample=series_sample, **chosen,
     )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from indexer.errors import ImageRefused, SourceError, SourceUnavailableError
 from indexer.imaging.guard import DecodeJob
 from indexer.imaging.types import DecodeResult, FileInfo, Reason
+from indexer.pipeline.sampling import sample_series
 from indexer.sources import SidecarTable, SourceItem, open_source
 from indexer.store.catalog import Catalog
 from indexer.store.retries import RetryPolicy
@@ -24,6 +25,15 @@ class ReadItem:
     labels: dict[str, str] | None
 
 
+def _listed(specs: Sequence[str]) -> Iterator[SourceItem]:
+    for spec in specs:
+        source = open_source(spec)
+        try:
+            yield from source
+        finally:
+            source.close()
+
+
 def new_items(
     specs: Sequence[str],
     catalog: Catalog,
@@ -31,11 +41,14 @@ def new_items(
     sidecar: SidecarTable | None = None,
     counts: dict[str, int] | None = None,
     retry: RetryPolicy | None = None,
+    series_sample: int | None = None,
     chunk: int = 256,
 ) -> Iterator[ReadItem]:
     """The sources' items, less those already indexed or failed and not retried under
-    ``retry`` (see :mod:`indexer.store.retries`), with their sidecar labels. The catalog
-    is asked about ``chunk`` items at a time."""
+    ``retry`` (see :mod:`indexer.store.retries`), with their sidecar labels; with
+    ``series_sample``, ``N`` slices per DICOM series (:mod:`indexer.pipeline.sampling`),
+    chosen before the catalog's filter so that reruns choose the same. The catalog is
+    asked about ``chunk`` items at a time."""
     counts = counts if counts is not None else {}
     pending: list[SourceItem] = []
 
@@ -48,15 +61,13 @@ def new_items(
             yield ReadItem(it, sidecar.lookup(it) if sidecar is not None else None)
         pending.clear()
 
-    for spec in specs:
-        source = open_source(spec)
-        try:
-            for item in source:
-                pending.append(item)
-                if len(pending) >= chunk:
-                    yield from flush()
-        finally:
-            source.close()
+    listed = _listed(specs)
+    if series_sample is not None:
+        listed = sample_series(listed, series_sample, counts=counts)
+    for item in listed:
+        pending.append(item)
+        if len(pending) >= chunk:
+            yield from flush()
     yield from flush()
 
 

@@ -77,6 +77,7 @@ class BuildOptions:
     engine: Literal["local", "ray"] = "local"
     ray: RayOptions | None = None  # the ray engine's (None: its defaults)
     listing: Listing | None = None  # read this instead of ``sources``
+    series_sample: int | None = None  # slices per DICOM series (None: the index's choice)
 
 
 @dataclass
@@ -182,6 +183,11 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
     except BaseException:
         catalog.close()
         raise
+    try:
+        series_sample = catalog.series_sample(options.series_sample)
+    except BaseException:
+        catalog.close()
+        raise
     run_id = catalog.start_run(options.command, list(options.sources))
     report = BuildReport(run_id=run_id)
     listing = options.listing
@@ -223,6 +229,7 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
                     sidecar=sidecar,
                     counts=report.skipped,
                     retry=options.retry,
+                    series_sample=series_sample,
                 )
             )
             if ray_engine is not None:

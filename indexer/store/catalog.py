@@ -118,6 +118,29 @@ class Catalog:
                 f"not from {this}: check MEDSEARCH_CATALOG_URL or the catalog file"
             )
 
+    def series_sample(self, requested: int | None) -> int | None:
+        """The slices per series this catalog's builds index (``None``: every slice).
+
+        Recorded by the first build that asks for a sample on an empty catalog; later
+        builds keep it. Asking for another sample, or for one on a catalog that holds every
+        slice, is refused: the index would mix sampled and complete series."""
+        with self.session() as s, s.begin():
+            info = s.scalars(select(CatalogInfo).limit(1)).first()
+            if info is None:
+                raise CatalogError("no model bound to this catalog")
+            recorded = info.series_sample
+            if requested is None or requested == recorded:
+                return recorded
+            has_items = s.scalar(select(ItemRow.id).limit(1)) is not None
+            if recorded is None and not has_items:
+                info.series_sample = requested
+                return requested
+            held = "every slice" if recorded is None else f"{recorded} slices per series"
+            raise CatalogError(
+                f"this index holds {held}; --series-sample {requested} would mix samples: "
+                "build a new index in another directory"
+            )
+
     def bind_model(self, binding: ModelBinding) -> None:
         """Record the model on first use; refuse a different one afterwards."""
         current = self.binding()

@@ -68,6 +68,7 @@ class CatalogInfo(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # nullable only for rows that predate revision 0002, which fills them in
     catalog_id: Mapped[str | None] = mapped_column(String(32), default=new_catalog_id)
+    series_sample: Mapped[int | None] = mapped_column(Integer)  # slices per series, None: all
 
 
 class Run(Base):

@@ -1,4 +1,4 @@
-"""series: one pooled vector per DICOM series (series search)
+"""series: one pooled vector per DICOM series (series search); the slice sample size
 
 Revision ID: 0004
 Revises: 0003
@@ -35,9 +35,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_series_study", "series", ["study_instance_uid"])
     op.create_index("ix_series_revision", "series", ["revision"])
+    with op.batch_alter_table("catalog_info", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("series_sample", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("catalog_info", schema=None) as batch_op:
+        batch_op.drop_column("series_sample")
     op.drop_index("ix_series_revision", table_name="series")
     op.drop_index("ix_series_study", table_name="series")
     op.drop_table("series")
