@@ -198,3 +198,30 @@ def test_an_index_from_before_series_vectors_gains_them(corpus_copy: tuple[Path,
     sync_index(catalog, index_dir, _binding(catalog))
     assert store.load().series is not None
     assert verify(index_dir, catalog).ok
+
+
+def test_frames_of_a_multi_frame_object_pool_into_its_series(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    from indexer.settings import ImagingSettings
+
+    source = tmp_path / "src"
+    source.mkdir()
+    path = get_testdata_file("emri_small.dcm")  # 10 frames
+    assert path is not None
+    shutil.copy(path, source / "emri_small.dcm")
+    index_dir = tmp_path / "index"
+    imaging = ImagingSettings(decode_timeout_s=60, frames="all")
+    run_build(options([str(source)], index_dir, imaging=imaging))
+    catalog = _open(index_dir)
+    try:
+        import pydicom
+
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+        ids, members = member_items(catalog, uid)
+        assert len(ids) == 10
+        _, vector = series_by_uid(catalog, [uid])[uid]
+        np.testing.assert_allclose(vector, pool(members), atol=1e-6)
+        assert verify(index_dir, catalog).ok
+    finally:
+        catalog.close()
