@@ -65,9 +65,10 @@ class Links:
 
 
 def hits_model(
-    hits: Sequence[SearchHit], k: int, group_by: GroupBy | None, links: Links | None = None
+    hits: Sequence[SearchHit], limit: int, group_by: GroupBy | None, links: Links | None = None
 ) -> list[Hit]:
-    """Hits ordered by score then id; with ``group_by``, the best hit of each group."""
+    """The first ``limit`` hits ordered by score then id; with ``group_by``, the best hit
+    of each group."""
     ordered = sorted(hits, key=lambda h: (-h.score, h.id))
     if group_by is not None:
         seen: set[str] = set()
@@ -83,5 +84,5 @@ def hits_model(
     links = links or Links()
     return [
         Hit(score=round(h.score, 6), **item_model(h.item).model_dump(), **links.of(h.item))
-        for h in ordered[:k]
+        for h in ordered[:limit]
     ]

@@ -21,10 +21,19 @@ class Strict(BaseModel):
 
 
 class SearchOptions(Strict):
-    k: int = Field(default=10, ge=1, le=MAX_K, description="results to return")
+    k: int = Field(default=10, ge=1, le=MAX_K, description="results per page")
     filters: Filters | None = None
     nprobe: int | None = Field(default=None, ge=1, le=65536, description="IVF lists to scan")
     group_by: GroupBy | None = Field(default=None, description="best hit per study or series")
+    min_score: float | None = Field(
+        default=None, ge=-1.0, le=1.0,
+        description="drop results scoring below this (cosine); no result is an empty list",
+    )  # fmt: skip
+    page_token: str | None = Field(
+        default=None, min_length=1, max_length=512,
+        description="next_page_token of the previous page of the same query",
+    )  # fmt: skip
+    return_vectors: bool = Field(default=False, description="return the query embedding")
 
 
 class TextSearchRequest(SearchOptions):
@@ -87,6 +96,12 @@ class DicomSearchRequest(SearchOptions):
 
 class SearchResponse(BaseModel):
     results: list[Hit]
+    next_page_token: str | None = Field(
+        default=None, description="the next page of this query (same index version)"
+    )
+    query_vector: list[float] | None = Field(
+        default=None, description="the query embedding, with return_vectors"
+    )
     index_version: str
     model_fingerprint: str
     took_ms: float

@@ -81,7 +81,9 @@ class Searcher:
         filters: Filters | None = None,
         nprobe: int | None = None,
         exclude_ids: set[int] | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
+        """The ``k`` best hits (score, then id), none below ``min_score``."""
         loaded = self._loaded
         allowed = None
         if filters is not None and not filters.is_empty():
@@ -99,7 +101,9 @@ class Searcher:
         pairs = [
             (float(s), int(i))
             for s, i in zip(found_scores, found_ids, strict=True)
-            if i >= 0 and not (exclude_ids and int(i) in exclude_ids)
+            if i >= 0
+            and not (exclude_ids and int(i) in exclude_ids)
+            and (min_score is None or s >= min_score)
         ]
         pairs.sort(key=lambda p: (-p[0], p[1]))
         pairs = pairs[:k]

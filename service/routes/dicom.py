@@ -18,7 +18,7 @@ from indexer.sources.dicomweb_client import DicomWebClient, tag_value
 from indexer.store.filters import Filters
 from service.deps import RuntimeDep
 from service.errors import ServiceError
-from service.routes.search import run_search
+from service.routes.search import request_digest, run_search
 from service.schemas import DicomSearchRequest, SearchResponse
 
 router = APIRouter(prefix="/v1", tags=["search"])
@@ -75,4 +75,5 @@ async def search_dicom(body: DicomSearchRequest, rt: RuntimeDep) -> SearchRespon
         base = filters.model_dump() if filters else {}
         base["exclude_study_instance_uid"] = [body.study_uid]
         filters = Filters.model_validate(base)
-    return await run_search(rt, vector, body, filters=filters)
+    query = request_digest("dicom", body)
+    return await run_search(rt, vector, body, query=query, filters=filters)

@@ -16,6 +16,7 @@ from indexer.store.filters import Filters
 from service.deps import RuntimeDep
 from service.errors import ServiceError
 from service.json_limits import check_json_depth
+from service.paging import MAX_DEPTH, query_digest, read_page
 from service.results import hits_model
 from service.runtime import Runtime, b64decode
 from service.schemas import (
@@ -56,34 +57,50 @@ async def run_search(
     vector: npt.NDArray[np.float32],
     options: SearchOptions,
     *,
+    query: str,
     filters: Filters | None = None,
     exclude_ids: set[int] | None = None,
 ) -> SearchResponse:
+    """One page of the results for ``vector``; ``query`` identifies the query for its page
+    tokens (:func:`service.paging.query_digest`)."""
     if options.k > rt.settings.max_k:
         raise ServiceError(422, "k too large", f"at most {rt.settings.max_k}")
     started = time.perf_counter()
-    fetch = options.k * 5 if options.group_by else options.k
+    loaded = rt.searcher.loaded
+    page = read_page(options.page_token, query=query, version=loaded.manifest.version)
+    k = min(options.k, MAX_DEPTH - page.offset)
+    wanted = page.offset + k + 1  # one more: is there a next page?
+    fetch = wanted * 5 if options.group_by else wanted
     filters = filters or options.filters
     hits = await rt.run(
         lambda: rt.searcher.search(
-            vector, fetch, filters=filters, nprobe=options.nprobe, exclude_ids=exclude_ids
+            vector, fetch, filters=filters, nprobe=options.nprobe, exclude_ids=exclude_ids,
+            min_score=options.min_score,
         )
-    )
+    )  # fmt: skip
     rt.metrics.search.observe(time.perf_counter() - started)
-    loaded = rt.searcher.loaded
+    ordered = hits_model(hits, wanted, options.group_by, rt.links)
     return SearchResponse(
-        results=hits_model(hits, options.k, options.group_by, rt.links),
+        results=ordered[page.offset : page.offset + k],
+        next_page_token=page.next_token(k, more=len(ordered) > page.offset + k),
+        query_vector=[float(x) for x in vector] if options.return_vectors else None,
         index_version=loaded.manifest.version,
         model_fingerprint=loaded.manifest.model_fingerprint,
         took_ms=round((time.perf_counter() - started) * 1000, 3),
     )
 
 
+def request_digest(route: str, body: SearchOptions, *parts: bytes) -> str:
+    """The query behind a request: the route, its fields except the page and its size."""
+    fields = body.model_dump_json(exclude={"page_token", "k", "return_vectors"})
+    return query_digest(route, fields, *parts)
+
+
 @router.post("/search/text", response_model=SearchResponse)
 async def search_text(body: TextSearchRequest, rt: RuntimeDep) -> SearchResponse:
     """Images nearest to a text, e.g. ``x-ray chest anteroposterior Atelectasis``."""
     vector = await rt.embed_text(body.text)
-    return await run_search(rt, vector, body)
+    return await run_search(rt, vector, body, query=request_digest("text", body))
 
 
 async def _read_image_request(request: Request, rt: Runtime) -> tuple[bytes, ImageSearchRequest]:
@@ -96,7 +113,7 @@ async def _read_image_request(request: Request, rt: Runtime) -> tuple[bytes, Ima
             )
         except Exception as exc:  # noqa: BLE001 - malformed or oversized multipart
             message = str(getattr(exc, "detail", exc))
-            status = 413 if "Too many" in message or "exceeded" in message else 422
+            status = 413 if "exceeded" in message else 422  # too many parts: 422 (schema)
             raise ServiceError(status, "invalid multipart body", message[:200]) from None
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -148,7 +165,8 @@ async def search_image(request: Request, rt: RuntimeDep) -> SearchResponse:
                 422, "no patient key", "the query has no patient ID, or no hash salt is set"
             )
         filters = filters.model_copy(update={"exclude_patient_key": [meta.patient_key]})
-    return await run_search(rt, vector, options, filters=filters)
+    query = request_digest("image", options.model_copy(update={"image": ""}), data)
+    return await run_search(rt, vector, options, query=query, filters=filters)
 
 
 @router.get("/items/{item_id}/neighbors", response_model=SearchResponse)
@@ -157,11 +175,14 @@ async def neighbors(
     rt: RuntimeDep,
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     group_by: GroupBy | None = None,
+    min_score: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
+    page_token: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
 ) -> SearchResponse:
     """Items most similar to an indexed item (its stored embedding; no re-embedding)."""
     found = await rt.run(rt.catalog.embeddings, [item_id])
     rows = await rt.run(rt.catalog.items, [item_id])
     if item_id not in found or rows[item_id].status != "active":
         raise ServiceError(404, "not found", f"no item {item_id}")
-    options = SearchOptions(k=k, group_by=group_by)
-    return await run_search(rt, found[item_id], options, exclude_ids={item_id})
+    options = SearchOptions(k=k, group_by=group_by, min_score=min_score, page_token=page_token)
+    query = request_digest(f"neighbors/{item_id}", options)
+    return await run_search(rt, found[item_id], options, query=query, exclude_ids={item_id})

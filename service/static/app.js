@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { key: sessionStorage.getItem("medsearch-key") || "", thumbs: [], seq: 0 };
+const state = { key: sessionStorage.getItem("medsearch-key") || "", thumbs: [], seq: 0, more: null };
 const level = () => document.querySelector('input[name="level"]:checked').value;
 
 function headers(extra) {
@@ -55,6 +55,18 @@ function filters() {
   return Object.keys(out).length ? out : null;
 }
 
+// The min-score slider: at its left end (-1) there is no threshold.
+function minScore() {
+  const value = parseFloat($("f-min-score").value);
+  return Number.isFinite(value) && value > -1 ? value : null;
+}
+
+function options(extra) {
+  const out = Object.assign({ k: k(), filters: filters() }, extra || {});
+  if (minScore() !== null) out.min_score = minScore();
+  return out;
+}
+
 function k() {
   const value = parseInt($("f-k").value, 10);
   return Number.isFinite(value) ? Math.min(Math.max(value, 1), 100) : 12;
@@ -79,11 +91,13 @@ async function loadThumbnail(img, path) {
   }
 }
 
-function show(results, what) {
-  state.thumbs.forEach((u) => URL.revokeObjectURL(u));
-  state.thumbs = [];
+function show(results, what, append) {
   const grid = $("results");
-  grid.replaceChildren();
+  if (!append) {
+    state.thumbs.forEach((u) => URL.revokeObjectURL(u));
+    state.thumbs = [];
+    grid.replaceChildren();
+  }
   const template = $("card-template");
   for (const hit of results) {
     const card = template.content.firstElementChild.cloneNode(true);
@@ -108,7 +122,7 @@ function show(results, what) {
     }
     grid.appendChild(card);
   }
-  say(results.length + " results " + what + ".");
+  say(grid.children.length + " results " + what + ".");
 }
 
 // A series result: the best slice's thumbnail, the instance count, the viewer at the series.
@@ -145,22 +159,33 @@ function showSeries(results, what) {
   say(results.length + " series " + what + ".");
 }
 
-async function run(what, request) {
+// ``request(token)`` fetches a page; "Load more" asks for the next one with its token.
+async function run(what, request, append) {
   const seq = ++state.seq;  // only the latest search may fill the grid
-  say("Searching…");
+  say(append ? "Loading more…" : "Searching…");
   $("results").setAttribute("aria-busy", "true");
+  $("load-more").hidden = true;
   try {
-    const response = await request();
+    const token = append && state.more ? state.more.token : null;
+    const response = await request(token);
     const body = await response.json();
     if (seq !== state.seq) return;
     if (body.level === "series") showSeries(body.results, what);
-    else show(body.results, what);
+    else show(body.results, what, append);
+    state.more = body.next_page_token ? { what: what, request: request, token: body.next_page_token } : null;
+    $("load-more").hidden = !state.more;
   } catch (e) {
     if (seq === state.seq) say(e.message, true);
   } finally {
     if (seq === state.seq) $("results").removeAttribute("aria-busy");
   }
 }
+
+function loadMore() {
+  if (state.more) run(state.more.what, state.more.request, true);
+}
+
+const withToken = (body, token) => (token ? Object.assign({}, body, { page_token: token }) : body);
 
 function postJson(path, body) {
   return api(path, {
@@ -172,29 +197,38 @@ function searchText(event) {
   event.preventDefault();
   const text = $("query").value.trim();
   if (!text) return;
-  const body = { text: text, k: k(), filters: filters() };
+  const body = options({ text: text });
   const path = level() === "series" ? "/v1/search/series" : "/v1/search/text";
-  run("for “" + text + "”", () => postJson(path, body));
+  run("for “" + text + "”", (token) => postJson(path, withToken(body, token)));
 }
 
 function searchFiles(files) {
   if (!files || !files.length) return;
   const series = level() === "series";
   const chosen = series ? Array.from(files).slice(0, 64) : [files[0]];
-  const form = new FormData();
-  chosen.forEach((file) => form.append("file", file, file.name));
-  form.append("options", JSON.stringify({ k: k(), filters: filters() }));
   const what = chosen.length === 1 ? chosen[0].name : chosen.length + " slices";
   const path = series ? "/v1/search/series" : "/v1/search/image";
-  run("like " + what, () => api(path, { method: "POST", body: form }));
+  const body = options();
+  run("like " + what, (token) => {
+    const form = new FormData();
+    chosen.forEach((file) => form.append("file", file, file.name));
+    form.append("options", JSON.stringify(withToken(body, token)));
+    return api(path, { method: "POST", body: form });
+  });
 }
 
 function neighbours(id) {
-  run("like item " + id, () => api("/v1/items/" + id + "/neighbors?k=" + k()));
+  const params = new URLSearchParams({ k: String(k()) });
+  if (minScore() !== null) params.set("min_score", String(minScore()));
+  run("like item " + id, (token) => {
+    const query = new URLSearchParams(params);
+    if (token) query.set("page_token", token);
+    return api("/v1/items/" + id + "/neighbors?" + query.toString());
+  });
 }
 
 function seriesLike(uid) {
-  run("like series " + uid, () => postJson("/v1/search/series", { series_uid: uid, k: k(), filters: filters() }));
+  run("like series " + uid, () => postJson("/v1/search/series", options({ series_uid: uid })));
 }
 
 function setup() {
@@ -206,6 +240,11 @@ function setup() {
     say(state.key ? "API key set for this tab." : "API key cleared.");
   });
   $("text-form").addEventListener("submit", searchText);
+  $("load-more").addEventListener("click", loadMore);
+  const slider = $("f-min-score");
+  const showMin = () => { $("f-min-score-value").textContent = minScore() === null ? "off" : minScore().toFixed(2); };
+  slider.addEventListener("input", showMin);
+  showMin();
   const zone = $("drop-zone");
   zone.addEventListener("click", () => $("file").click());
   $("file").addEventListener("change", () => searchFiles($("file").files));

@@ -6,6 +6,7 @@ Screenshots go to tests/artifacts/web/."""
 from __future__ import annotations
 
 import base64
+import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,3 +217,43 @@ def test_wrong_key_shows_the_error(browser: Any, base_url: str) -> None:
     assert "error" in (status.get_attribute("class") or "")
     assert not _cards(browser)
     _shot(browser, "wrong-key")
+
+
+def test_load_more_and_the_min_score_slider(browser: Any, base_url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _enter_key(browser, base_url)
+    size = browser.find_element(By.ID, "f-k")
+    size.clear()
+    size.send_keys("5")
+    browser.find_element(By.ID, "query").send_keys("ct chest", Keys.ENTER)
+    _wait(browser, lambda d: len(_cards(d)) == 5)
+    more = browser.find_element(By.ID, "load-more")
+    _wait(browser, lambda d: more.is_displayed())
+    first_page = [c.get_attribute("data-id") for c in _cards(browser)]
+    more.click()
+    _wait(browser, lambda d: len(_cards(d)) == 10)
+    ids = [c.get_attribute("data-id") for c in _cards(browser)]
+    assert ids[:5] == first_page and len(set(ids)) == 10
+    _wait(browser, _thumbnails_loaded)
+    _shot(browser, "load-more")
+
+    def scores() -> list[float]:
+        return [
+            float(c.find_element(By.CSS_SELECTOR, ".score").text.split()[1])
+            for c in _cards(browser)
+        ]
+
+    threshold = math.floor(scores()[2] * 100) / 100  # the third result passes, the tenth may not
+    browser.execute_script(
+        "const s = document.getElementById('f-min-score'); s.value = arguments[0];"
+        "s.dispatchEvent(new Event('input'));",
+        str(threshold),
+    )
+    assert browser.find_element(By.ID, "f-min-score-value").text == f"{threshold:.2f}"
+    browser.find_element(By.ID, "search-button").click()
+    _wait(browser, lambda d: "Searching" not in d.find_element(By.ID, "status").text)
+    _wait(browser, lambda d: "results for" in d.find_element(By.ID, "status").text)
+    kept = scores()
+    assert len(kept) >= 3 and all(score >= threshold for score in kept), (threshold, kept)

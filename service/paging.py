@@ -1,0 +1,76 @@
+"""Page tokens: the next page of the same query, on the same index version.
+
+A token is opaque to clients (URL-safe base64 of a small JSON object): the index version
+it was issued for, the offset of the next page, and a digest of the query it continues
+(the route and the request, less the token itself). Results are ordered by score, then
+id, so a page continues exactly where the last one stopped. A token from another index
+version is refused with 410 (the order may have changed: search again), a token used with
+another query with 422. Pages stop at ``MAX_DEPTH`` results: no token goes further.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from service.errors import ServiceError
+
+MAX_DEPTH = 1000  # results reachable by paging, all pages together
+
+
+class _Token(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    v: str  # index version
+    o: int  # offset of the next page
+    q: str  # query digest
+
+
+def query_digest(route: str, *parts: bytes | str) -> str:
+    """What identifies a query: its route and request, less the page token."""
+    digest = hashlib.sha256(route.encode())
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Page:
+    offset: int
+    query: str  # digest
+    version: str
+
+    def next_token(self, k: int, more: bool) -> str | None:
+        """The token of the page after this one, when there are more results."""
+        offset = self.offset + k
+        if not more or offset >= MAX_DEPTH:
+            return None
+        raw = _Token(v=self.version, o=offset, q=self.query).model_dump_json()
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def read_page(token: str | None, *, query: str, version: str) -> Page:
+    """The page a request asks for: the first, or the one its token names."""
+    if token is None:
+        return Page(0, query, version)
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        decoded = _Token.model_validate(json.loads(base64.urlsafe_b64decode(padded)))
+    except (binascii.Error, ValueError, ValidationError, UnicodeDecodeError):
+        raise ServiceError(422, "invalid page token", "not a token this service issued") from None
+    if decoded.v != version:
+        raise ServiceError(
+            410, "stale page token",
+            f"issued for index version {decoded.v}; the index is now {version}: search again",
+        )  # fmt: skip
+    if decoded.q != query:
+        raise ServiceError(422, "invalid page token", "the token belongs to another query")
+    if not 0 < decoded.o < MAX_DEPTH:
+        raise ServiceError(422, "invalid page token", f"pages stop at {MAX_DEPTH} results")
+    return Page(decoded.o, query, version)
