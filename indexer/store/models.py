@@ -92,6 +92,9 @@ class ItemRow(Base):
         Index("ix_items_status_id", "status", "id"),
         Index("ix_items_study", "study_instance_uid"),
         Index("ix_items_series", "series_instance_uid"),
+        # a series' active members (series vectors, best slices): without statistics,
+        # SQLite would otherwise scan ix_items_status_id for every series
+        Index("ix_items_series_status", "series_instance_uid", "status"),
         Index("ix_items_modality", "modality"),
     )
 

@@ -110,23 +110,23 @@ def _chunks(uids: Sequence[str], sizes: dict[str, tuple[int, int]]) -> Iterator[
 
 def _pool_chunk(catalog: Catalog, uids: list[str], dim: int, revision: int) -> None:
     """Pool the series ``uids`` from their active items and upsert their rows."""
-    query = (
-        select(
-            ItemRow.series_instance_uid,
-            ItemRow.id,
-            ItemRow.embedding,
-            ItemRow.study_instance_uid,
-            ItemRow.modality,
-            ItemRow.series_description,
-            ItemRow.body_part_examined,
-        )
-        .where(ItemRow.status == "active", ItemRow.series_instance_uid.in_(uids))
-        .order_by(ItemRow.id)
-    )
+    query = select(
+        ItemRow.series_instance_uid,
+        ItemRow.id,
+        ItemRow.embedding,
+        ItemRow.study_instance_uid,
+        ItemRow.modality,
+        ItemRow.series_description,
+        ItemRow.body_part_examined,
+    ).where(
+        ItemRow.status == "active", ItemRow.series_instance_uid.in_(uids)
+    )  # no ORDER BY: it would make SQLite scan ix_items_status_id; sorted below
     with catalog.session() as s, s.begin():
         members: dict[str, list[tuple[int, bytes]]] = {}
         first: dict[str, tuple[str | None, str | None, str | None, str | None]] = {}
-        for uid, item_id, blob, study, modality, description, body_part in s.execute(query):
+        for uid, item_id, blob, study, modality, description, body_part in sorted(
+            s.execute(query), key=lambda row: int(row[1])
+        ):
             members.setdefault(str(uid), []).append((int(item_id), blob))
             first.setdefault(str(uid), (study, modality, description, body_part))
         rows = {

@@ -37,9 +37,11 @@ def upgrade() -> None:
     op.create_index("ix_series_revision", "series", ["revision"])
     with op.batch_alter_table("catalog_info", schema=None) as batch_op:
         batch_op.add_column(sa.Column("series_sample", sa.Integer(), nullable=True))
+    op.create_index("ix_items_series_status", "items", ["series_instance_uid", "status"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_items_series_status", table_name="items")
     with op.batch_alter_table("catalog_info", schema=None) as batch_op:
         batch_op.drop_column("series_sample")
     op.drop_index("ix_series_revision", table_name="series")
