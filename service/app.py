@@ -17,7 +17,7 @@ from service.config import EngineSettings, ServiceSettings
 from service.deps import require_key
 from service.metrics import Metrics
 from service.middleware import BodyLimit, JsonDepthLimit, RequestMetrics
-from service.routes import azure, classify, dicom, health, items, search, series, web
+from service.routes import azure, classify, combined, dicom, health, items, qc, search, series, web
 from service.runtime import Runtime
 from service.schemas import ErrorBody, ImageSearchRequest
 from service.series_schemas import SeriesSearchRequest
@@ -70,7 +70,7 @@ def create_app(settings: ServiceSettings, engine: EngineSettings | None = None) 
     # The key check, and with it the bearer scheme in the OpenAPI document, only where keys
     # are configured: an open server that declared authentication would break the contract.
     auth = [Depends(require_key)] if api_keys else []
-    for module in (search, series, dicom, items, azure, classify, health):
+    for module in (search, combined, series, dicom, items, azure, classify, qc, health):
         app.include_router(module.router, dependencies=auth)
     app.include_router(web.router)  # the page itself holds no data: no key needed
     app.mount("/static", web.static_files(), name="static")

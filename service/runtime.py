@@ -28,6 +28,7 @@ from service.caches import LRU
 from service.config import EngineSettings, ServiceSettings
 from service.errors import ServiceError
 from service.metrics import Metrics
+from service.qc_reference import ReferenceCache
 from service.results import Links
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Runtime:
         self.searcher = Searcher(index_dir, self.catalog)
         self.searcher.check_model(self.encoder.fingerprint)
         self.series = SeriesSearcher(self.searcher)
+        self.qc_reference = ReferenceCache()  # POST /v1/qc: outlier scores per version
         self.imaging = engine.imaging
         self.decoders = DecoderPool(self.imaging, settings.workers)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-work")

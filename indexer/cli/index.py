@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from indexer.cli import build, reembed
+from indexer.cli import build, curate, reembed
 from indexer.cli.options import IndexOpt, ModelOpt
 from indexer.errors import MedsearchError
 
@@ -26,6 +26,8 @@ app = typer.Typer(no_args_is_help=True, help="Build and query an index (catalog 
 app.command()(build.build)
 app.command()(build.add)
 app.command()(reembed.reembed)
+app.command()(curate.outliers)
+app.command()(curate.label)
 
 
 @app.command()
@@ -135,6 +137,11 @@ def verify(
         raise typer.Exit(1)
 
 
+class OutputFormat(StrEnum):
+    jsonl = "jsonl"
+    csv = "csv"
+
+
 @app.command("search")
 def search_cmd(
     index: IndexOpt,
@@ -146,9 +153,13 @@ def search_cmd(
     level: Annotated[
         Level, typer.Option(help="images, or DICOM series, or studies (pooled vectors)")
     ] = Level.images,
+    output: Annotated[
+        OutputFormat, typer.Option("--format", help="JSON lines, or CSV with a header")
+    ] = OutputFormat.jsonl,
 ) -> None:
-    """Nearest neighbours of a text or an image, without the server (JSON lines): images,
-    or with ``--level series|study`` series and studies (one line each, best first)."""
+    """Nearest neighbours of a text or an image, without the server, one line each, best
+    first: images, or with ``--level series|study`` series and studies. ``--format csv``
+    for pandas (``pd.read_csv``)."""
     from indexer.cli.embed import open_images
     from indexer.encoders.encoder import Encoder
     from indexer.pipeline.runner import open_catalog
@@ -170,47 +181,65 @@ def search_cmd(
             recipe = encoder.recipe(searcher.binding.recipe)
             vector = encoder.embed_inputs(open_images([image], recipe), recipe.name)[0]
         filters = Filters(modality=modality or None)
-        if level != Level.images:
-            _echo_series(searcher, vector, k, filters, level)
-            return
-        hits = searcher.search(vector, k, filters=filters)
-        for hit in hits:
-            row = hit.item
-            typer.echo(
-                json.dumps(
-                    {
-                        "id": hit.id,
-                        "score": round(hit.score, 6),
-                        "source_uri": row.source_uri,
-                        "sop_instance_uid": row.sop_instance_uid,
-                        "frame": row.frame,
-                        "modality": row.modality,
-                    }
-                )
-            )
+        if level == Level.images:
+            rows = [
+                {
+                    "id": hit.id,
+                    "score": round(hit.score, 6),
+                    "source_uri": hit.item.source_uri,
+                    "sop_instance_uid": hit.item.sop_instance_uid,
+                    "frame": hit.item.frame,
+                    "modality": hit.item.modality,
+                }
+                for hit in searcher.search(vector, k, filters=filters)
+            ]
+        else:
+            rows = _series_rows(searcher, vector, k, filters, level)
     finally:
         catalog.close()
+    _emit(rows, output)
 
 
-def _echo_series(searcher: Any, vector: Any, k: int, filters: Any, level: Level) -> None:
+def _emit(rows: list[dict[str, Any]], output: OutputFormat) -> None:
+    if output == OutputFormat.jsonl:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    from indexer.store.export import csv_lines
+
+    header = list(rows[0]) if rows else []
+    flat = ({k: " ".join(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
+    for line in csv_lines(header, flat):
+        typer.echo(line, nl=False)
+
+
+def _series_rows(
+    searcher: Any, vector: Any, k: int, filters: Any, level: Level
+) -> list[dict[str, Any]]:
     from indexer.store.series_search import SeriesQuery, SeriesSearcher
 
     series = SeriesSearcher(searcher)
     if level == Level.study:
-        for study in series.search_studies(SeriesQuery(vector), k, filters=filters):
-            uids = [s.series.series_instance_uid for s in study.series]
-            line = {"study_instance_uid": study.study_instance_uid, "score": study.score}
-            typer.echo(json.dumps({**line, "series": uids}))
-        return
+        return [
+            {
+                "study_instance_uid": study.study_instance_uid,
+                "score": round(study.score, 6),
+                "series": [s.series.series_instance_uid for s in study.series],
+            }
+            for study in series.search_studies(SeriesQuery(vector), k, filters=filters)
+        ]
+    rows = []
     for hit in series.search(SeriesQuery(vector), k, filters=filters):
         best = hit.best_items[0].item if hit.best_items else None
         record = hit.series
-        line = {
-            "series_instance_uid": record.series_instance_uid,
-            "study_instance_uid": record.study_instance_uid,
-            "modality": record.modality,
-            "instances": record.members,
-            "score": round(hit.score, 6),
-            "best_source_uri": best.source_uri if best else None,
-        }
-        typer.echo(json.dumps(line))
+        rows.append(
+            {
+                "series_instance_uid": record.series_instance_uid,
+                "study_instance_uid": record.study_instance_uid,
+                "modality": record.modality,
+                "instances": record.members,
+                "score": round(hit.score, 6),
+                "best_source_uri": best.source_uri if best else None,
+            }
+        )
+    return rows

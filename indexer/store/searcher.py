@@ -25,6 +25,7 @@ from indexer.store.sync import index_store
 from indexer.store.vector_index import rerank, search
 
 logger = logging.getLogger(__name__)
+MAX_TIE_ROUNDS = 8  # doublings of the candidates to complete a group of equal scores
 
 
 @dataclass
@@ -83,7 +84,12 @@ class Searcher:
         exclude_ids: set[int] | None = None,
         min_score: float | None = None,
     ) -> list[Hit]:
-        """The ``k`` best hits (score, then id), none below ``min_score``."""
+        """The ``k`` best hits (score, then id), none below ``min_score``.
+
+        Equal scores (identical images) at the cut are resolved by id, whatever the
+        number asked for: when the candidates end inside a group of equal scores, more
+        are fetched until the group is whole. So the first ``k`` of a larger ``k`` are
+        always the same: pages never overlap or skip."""
         loaded = self._loaded
         allowed = None
         if filters is not None and not filters.is_empty():
@@ -94,18 +100,26 @@ class Searcher:
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         facts = loaded.manifest.facts
         fetch = (k + extra) * (facts.rerank_factor if facts.needs_rerank else 1)
-        scores, ids = search(loaded.index, query, fetch, nprobe=nprobe, allowed_ids=allowed)
-        found_scores, found_ids = scores[0], ids[0]
-        if facts.needs_rerank:  # compressed codes: exact scores from the catalog's vectors
-            found_scores, found_ids = rerank(query[0], found_ids, self._vectors, fetch)
-        pairs = [
-            (float(s), int(i))
-            for s, i in zip(found_scores, found_ids, strict=True)
-            if i >= 0
-            and not (exclude_ids and int(i) in exclude_ids)
-            and (min_score is None or s >= min_score)
-        ]
-        pairs.sort(key=lambda p: (-p[0], p[1]))
+        for _ in range(MAX_TIE_ROUNDS):
+            scores, ids = search(loaded.index, query, fetch, nprobe=nprobe, allowed_ids=allowed)
+            found_scores, found_ids = scores[0], ids[0]
+            if facts.needs_rerank:  # compressed codes: exact scores from the catalog's vectors
+                found_scores, found_ids = rerank(query[0], found_ids, self._vectors, fetch)
+            valid = [(float(s), int(i)) for s, i in zip(found_scores, found_ids, strict=True)]
+            valid = [(s, i) for s, i in valid if i >= 0]
+            pairs = sorted(
+                (
+                    (s, i)
+                    for s, i in valid
+                    if not (exclude_ids and i in exclude_ids)
+                    and (min_score is None or s >= min_score)
+                ),
+                key=lambda p: (-p[0], p[1]),
+            )
+            exhausted = len(valid) < fetch or fetch >= int(loaded.index.ntotal)
+            if exhausted or len(pairs) < k or min(s for s, _ in valid) < pairs[k - 1][0]:
+                break
+            fetch *= 2  # the candidates end among equal scores at the cut: complete them
         pairs = pairs[:k]
         rows = self.catalog.items(i for _, i in pairs)
         return [Hit(i, s, rows[i]) for s, i in pairs if i in rows and rows[i].status == "active"]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from fastapi import APIRouter
 
+from indexer.encoders.zero_shot import probabilities
 from service.deps import RuntimeDep
 from service.errors import ServiceError
 from service.runtime import b64decode
@@ -24,12 +23,7 @@ async def classify(body: ClassifyRequest, rt: RuntimeDep) -> ClassifyResponse:
     vector, _ = await rt.embed_image(data)
     labels = np.stack(await rt.embed_texts(body.labels))
     cosine = labels @ vector
-    logits = math.exp(rt.encoder.logit_scale) * cosine.astype(np.float64)
-    if body.multilabel:
-        probs = 1.0 / (1.0 + np.exp(-logits))
-    else:
-        shifted = np.exp(logits - logits.max())
-        probs = shifted / shifted.sum()
+    probs = probabilities(cosine, rt.encoder.logit_scale, multilabel=body.multilabel)
     return ClassifyResponse(
         results=[
             LabelScore(label=label, probability=float(p), cosine=float(c))

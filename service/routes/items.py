@@ -1,4 +1,5 @@
-"""An indexed item's metadata and its thumbnail (rendered as the model saw it)."""
+"""An indexed item's metadata and its thumbnail (rendered as the model saw it); the
+catalog's items as CSV (``GET /v1/items/export``)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import io
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from PIL import Image
+from pydantic import ValidationError
 
 from indexer.errors import SourceError
 from indexer.sources import open_uri
+from indexer.store.export import COLUMNS, LABEL_PREFIX, csv_lines, export_rows, label_names
+from indexer.store.filters import MAX_VALUES, Filters
 from service.deps import RuntimeDep
 from service.errors import ServiceError
 from service.results import item_model
@@ -28,6 +32,63 @@ async def _active_row(rt: Runtime, item_id: int):  # type: ignore[no-untyped-def
     if row is None or row.status != "active":
         raise ServiceError(404, "not found", f"no item {item_id}")
     return row
+
+
+Values = Annotated[list[str] | None, Query(max_length=MAX_VALUES)]
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "CSV, one row per item"}},
+)
+async def export_items(
+    rt: RuntimeDep,
+    modality: Values = None,
+    body_part_examined: Values = None,
+    view_position: Values = None,
+    laterality: Values = None,
+    study_instance_uid: Values = None,
+    series_instance_uid: Values = None,
+    study_date_from: Annotated[str | None, Query(description="YYYY-MM-DD")] = None,
+    study_date_to: Annotated[str | None, Query(description="YYYY-MM-DD")] = None,
+    source_prefix: Annotated[str | None, Query(max_length=1000)] = None,
+    label: Annotated[
+        list[str] | None, Query(max_length=20, description="a label filter, name=value")
+    ] = None,
+    after_id: Annotated[int, Query(ge=0, le=2**62, description="rows after this id")] = 0,
+    limit: Annotated[int | None, Query(ge=1, le=10**8)] = None,
+) -> StreamingResponse:
+    """The active items' metadata and source URIs as CSV (streamed, in id order), for
+    pandas: ``pd.read_csv(url)``. Filters as on the search routes; page with ``limit`` and
+    ``after_id`` (the last id of the previous page). Label columns are ``label:<name>``."""
+    pairs = [value.partition("=") for value in label or []]
+    if any(not name or sep != "=" for name, sep, _ in pairs):
+        raise ServiceError(422, "invalid label filter", "give label=name=value")
+    fields = {
+        "modality": modality,
+        "body_part_examined": body_part_examined,
+        "view_position": view_position,
+        "laterality": laterality,
+        "study_instance_uid": study_instance_uid,
+        "series_instance_uid": series_instance_uid,
+        "study_date_from": study_date_from,  # strings: YYYY-MM-DD only, as on search
+        "study_date_to": study_date_to,
+        "source_prefix": source_prefix,
+        "labels": {name: value for name, _, value in pairs} or None,
+    }
+    try:
+        filters = Filters.model_validate(fields)
+    except ValidationError as exc:
+        raise ServiceError(422, "invalid filters", str(exc)[:300]) from None
+    names = await rt.run(label_names, rt.catalog, filters)
+    header = [*COLUMNS, *(LABEL_PREFIX + n for n in names)]
+    rows = export_rows(rt.catalog, filters, names, after_id=after_id, limit=limit)
+    return StreamingResponse(
+        csv_lines(header, rows),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="medsearch-items.csv"'},
+    )
 
 
 @router.get("/{item_id}", response_model=Item)

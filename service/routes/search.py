@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from indexer.store.filters import Filters
 from service.deps import RuntimeDep
 from service.errors import ServiceError
-from service.json_limits import check_json_depth
 from service.paging import MAX_DEPTH, query_digest, read_page
 from service.results import hits_model
-from service.runtime import Runtime, b64decode
+from service.runtime import Runtime
 from service.schemas import (
     GroupBy,
     ImageSearchRequest,
@@ -26,6 +22,7 @@ from service.schemas import (
     SearchResponse,
     TextSearchRequest,
 )
+from service.uploads import read_image_upload
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -103,53 +100,10 @@ async def search_text(body: TextSearchRequest, rt: RuntimeDep) -> SearchResponse
     return await run_search(rt, vector, body, query=request_digest("text", body))
 
 
-async def _read_image_request(request: Request, rt: Runtime) -> tuple[bytes, ImageSearchRequest]:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    limit = rt.settings.max_body_bytes
-    if ctype == "multipart/form-data":
-        try:
-            form = await request.form(
-                max_files=1, max_fields=rt.settings.max_multipart_parts, max_part_size=limit
-            )
-        except Exception as exc:  # noqa: BLE001 - malformed or oversized multipart
-            message = str(getattr(exc, "detail", exc))
-            status = 413 if "exceeded" in message else 422  # too many parts: 422 (schema)
-            raise ServiceError(status, "invalid multipart body", message[:200]) from None
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ServiceError(422, "invalid multipart body", "a 'file' part is required")
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
-            raise ServiceError(413, "image too large", f"at most {limit} bytes")
-        raw = form.get("options") or "{}"
-        try:
-            text = raw if isinstance(raw, str) else "{}"
-            check_json_depth(text, rt.settings.max_json_depth)  # json.loads recurses
-            fields = json.loads(text)
-            if not isinstance(fields, dict):
-                raise ValueError("options must be a JSON object")
-            options = ImageSearchRequest.model_validate({**fields, "image": "-"})
-        except (ValueError, ValidationError) as exc:
-            raise ServiceError(422, "invalid options", str(exc)[:300]) from None
-        return data, options
-    if ctype == "application/json":
-        try:
-            options = ImageSearchRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:20]]
-            raise ServiceError(422, "invalid request", errors) from None
-        return b64decode(options.image, limit), options
-    raise ServiceError(
-        415, "unsupported media type", "send multipart/form-data or application/json"
-    )
-
-
 @router.post("/search/image", response_model=SearchResponse, openapi_extra=IMAGE_BODY_DOC)
 async def search_image(request: Request, rt: RuntimeDep) -> SearchResponse:
     """Images nearest to an uploaded PNG, JPEG or DICOM (rendered with the index's recipe)."""
-    data, options = await _read_image_request(request, rt)
-    if not data:
-        raise ServiceError(422, "empty image", "the uploaded file is empty")
+    data, options = await read_image_upload(request, rt, ImageSearchRequest)
     vector, image = await rt.embed_image(data)
     filters = options.filters or Filters()
     meta = image.metadata

@@ -96,6 +96,9 @@ def test_pages_continue_the_order_without_overlap(http: httpx.Client) -> None:
     assert len(flat) == len(set(flat))  # no overlap
     whole = _post(http, "/v1/search/text", {"text": "ct chest", "k": len(flat) + 5})
     assert flat == _ids(whole)  # the same order as one big page, and nothing missing
+    for size in range(2, 10):  # equal scores (identical images) fall on some page cuts
+        sized = _pages(http, "/v1/search/text", {**body, "k": size})
+        assert [i for page in sized for i in page] == flat, size
     grouped = _pages(http, "/v1/search/text", {**body, "group_by": "series", "k": 3})
     flat_grouped = [i for page in grouped for i in page]
     assert len(flat_grouped) == len(set(flat_grouped))
