@@ -103,9 +103,10 @@ def run(command: str, sources: list[str], index: Path, model: Path, **kw: Any) -
     failed = ", ".join(f"{k} {v}" for k, v in sorted(result["failed"].items())) or "none"
     skipped = sum(result["skipped"].values())
     limiting = result["stages"].get("limiting_stage") or "-"
+    pruned = f"pruned {result['pruned']} whose files are gone; " if result["pruned"] else ""
     typer.echo(
         f"indexed {result['indexed']}, skipped {skipped} already indexed and "
-        f"{result['duplicates']} duplicates, failed: {failed}; "
+        f"{result['duplicates']} duplicates, failed: {failed}; {pruned}"
         f"{result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s "
         f"(limited by {limiting}); "
         f"index {result['index'].get('version')} holds {result['index'].get('count')}"
@@ -146,6 +147,16 @@ def build(
             "(recorded: later runs keep it; default every slice)",
         ),
     ] = None,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            help="remove the items whose files are gone from the sources (or, for a PACS, "
+            "instances no longer listed in the studies it returns)"
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="--prune even when it removes over 25% of a source's items")
+    ] = False,
 ) -> None:
     """Index SOURCES into --index (resumable: rerun after a crash to continue).
 
@@ -160,7 +171,7 @@ def build(
         "build", sources, index, model, workers=workers, batch_size=batch_size,
         io_threads=io_threads, rebuild=rebuild, metadata=metadata, key=key, frames=frames,
         report=report, progress=progress, retry_failed=retry_failed, retry_reason=retry_reason,
-        series_sample=series_sample, **chosen,
+        series_sample=series_sample, prune=prune, force=force, **chosen,
     )  # fmt: skip
 
 

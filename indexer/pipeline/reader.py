@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from indexer.errors import ImageRefused, SourceError, SourceUnavailableError
 from indexer.imaging.guard import DecodeJob
 from indexer.imaging.types import DecodeResult, FileInfo, Reason
+from indexer.pipeline.prune import Listings
 from indexer.pipeline.sampling import sample_series
 from indexer.sources import SidecarTable, SourceItem, open_source
 from indexer.store.catalog import Catalog
@@ -25,11 +26,17 @@ class ReadItem:
     labels: dict[str, str] | None
 
 
-def _listed(specs: Sequence[str]) -> Iterator[SourceItem]:
+def _listed(specs: Sequence[str], listings: Listings | None) -> Iterator[SourceItem]:
     for spec in specs:
         source = open_source(spec)
         try:
-            yield from source
+            if listings is None:
+                yield from source
+                continue
+            listing = listings.start(source)
+            for item in source:
+                listings.note(listing, item)
+                yield item
         finally:
             source.close()
 
@@ -42,13 +49,15 @@ def new_items(
     counts: dict[str, int] | None = None,
     retry: RetryPolicy | None = None,
     series_sample: int | None = None,
+    listings: Listings | None = None,
     chunk: int = 256,
 ) -> Iterator[ReadItem]:
     """The sources' items, less those already indexed or failed and not retried under
     ``retry`` (see :mod:`indexer.store.retries`), with their sidecar labels; with
     ``series_sample``, ``N`` slices per DICOM series (:mod:`indexer.pipeline.sampling`),
-    chosen before the catalog's filter so that reruns choose the same. The catalog is
-    asked about ``chunk`` items at a time."""
+    chosen before the catalog's filter so that reruns choose the same; ``listings`` notes
+    every item each source lists (``--prune``). The catalog is asked about ``chunk`` items
+    at a time."""
     counts = counts if counts is not None else {}
     pending: list[SourceItem] = []
 
@@ -61,7 +70,7 @@ def new_items(
             yield ReadItem(it, sidecar.lookup(it) if sidecar is not None else None)
         pending.clear()
 
-    listed = _listed(specs)
+    listed = _listed(specs, listings)
     if series_sample is not None:
         listed = sample_series(listed, series_sample, counts=counts)
     for item in listed:

@@ -25,12 +25,13 @@ from typing import Any, Literal, Protocol
 from sqlalchemy.exc import OperationalError
 
 from indexer.encoders.encoder import Encoder
-from indexer.errors import CatalogError, VectorIndexError
+from indexer.errors import CatalogError, MedsearchError, VectorIndexError
 from indexer.imaging.types import RENDER_POLICY
 from indexer.pipeline.embedder import Embedder
 from indexer.pipeline.local import run_local
 from indexer.pipeline.preparer import Prepared, Preparer
 from indexer.pipeline.progress import Progress, count_items
+from indexer.pipeline.prune import Listings, prune
 from indexer.pipeline.ray_engine import RayEngine, RayOptions
 from indexer.pipeline.reader import ReadItem, fetch, new_items
 from indexer.pipeline.writer import Writer
@@ -78,6 +79,8 @@ class BuildOptions:
     ray: RayOptions | None = None  # the ray engine's (None: its defaults)
     listing: Listing | None = None  # read this instead of ``sources``
     series_sample: int | None = None  # slices per DICOM series (None: the index's choice)
+    prune: bool = False  # remove the items whose source is gone (see pipeline.prune)
+    force: bool = False  # prune more than prune.MAX_SHARE of a source
 
 
 @dataclass
@@ -90,6 +93,7 @@ class BuildReport:
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     batches: int = 0
+    pruned: int = 0
     stages: dict[str, Any] = field(default_factory=dict)
     index: dict[str, Any] = field(default_factory=dict)
 
@@ -104,6 +108,7 @@ class BuildReport:
             "images_per_s": round(self.indexed / self.seconds, 3) if self.seconds else 0.0,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "batches": self.batches,
+            "pruned": self.pruned,
             "stages": self.stages,
             "index": self.index,
         }
@@ -191,6 +196,10 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
     run_id = catalog.start_run(options.command, list(options.sources))
     report = BuildReport(run_id=run_id)
     listing = options.listing
+    if options.prune and listing is not None:
+        catalog.close()
+        raise MedsearchError("--prune applies to builds from sources")
+    listings = Listings() if options.prune else None
     total = None
     if options.progress:
         total = (
@@ -230,6 +239,7 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
                     counts=report.skipped,
                     retry=options.retry,
                     series_sample=series_sample,
+                    listings=listings,
                 )
             )
             if ray_engine is not None:
@@ -249,6 +259,8 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
                 report.stages = stats.to_dict()
                 report.stages["embed_cpu_s"] = round(embedder.cpu_s, 3)
             report.stage_seconds = stats.busy_s
+        if listings is not None:  # every source was listed to the end: prune
+            report.pruned = prune(catalog, listings.sources, force=options.force)
         report.index = sync_index(catalog, options.index_dir, binding, rebuild=options.rebuild)
         status = "done"
     finally:

@@ -267,7 +267,34 @@ class Catalog:
             result = s.execute(query.values(status="removed", updated_at=utcnow()))
             return int(getattr(result, "rowcount", 0) or 0)
 
+    def remove_sources(self, uris: Sequence[str]) -> int:
+        """Tombstone the active items of these source URIs (their files are gone)."""
+        removed = 0
+        with self.session() as s, s.begin():
+            for start in range(0, len(uris), 500):
+                chunk = list(uris[start : start + 500])
+                result = s.execute(
+                    update(ItemRow)
+                    .where(ItemRow.status == "active", ItemRow.source_uri.in_(chunk))
+                    .values(status="removed", updated_at=utcnow())
+                )
+                removed += int(getattr(result, "rowcount", 0) or 0)
+        return removed
+
     # -- reading
+    def active_sources(self, prefix: str) -> list[str]:
+        """The source URIs of active items that start with ``prefix``."""
+        query = (
+            select(ItemRow.source_uri)
+            .where(
+                ItemRow.status == "active",
+                ItemRow.source_uri.startswith(prefix, autoescape=True),
+            )
+            .distinct()
+        )
+        with self.session() as s:
+            return [str(uri) for uri in s.scalars(query)]
+
     def high_water(self) -> int:
         with self.session() as s:
             return int(s.scalar(select(func.max(ItemRow.id))) or 0)
