@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsError
 
 from indexer.cli import db, embed, index, model, preview
+from indexer.cli import eval as evaluation  # not `eval`: that is a builtin
 from indexer.errors import MedsearchError
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.add_typer(model.app, name="model")
 app.add_typer(index.app, name="index")
 app.add_typer(db.app, name="db")
+app.add_typer(evaluation.app, name="eval")
 app.command("embed")(embed.embed)
 app.command("preview")(preview.preview)
 

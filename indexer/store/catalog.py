@@ -25,7 +25,7 @@ from indexer.errors import CatalogError, ModelMismatchError
 from indexer.settings import CatalogSettings
 from indexer.store import db
 from indexer.store.filters import Filters, filter_query
-from indexer.store.models import CatalogInfo, Failure, ItemRow, Run, utcnow
+from indexer.store.models import CatalogInfo, Failure, ItemRow, Run, SyncCursor, utcnow
 from indexer.store.records import ItemRecord
 from indexer.store.retries import RetryPolicy
 
@@ -280,6 +280,20 @@ class Catalog:
                 )
                 removed += int(getattr(result, "rowcount", 0) or 0)
         return removed
+
+    def set_cursor(self, source: str, cursor: str) -> None:
+        """Record how far ``index watch`` has followed ``source`` (after its items)."""
+        with self.session() as s, s.begin():
+            row = s.get(SyncCursor, source)
+            if row is None:
+                s.add(SyncCursor(source=source, cursor=cursor))
+            else:
+                row.cursor = cursor
+
+    def cursor(self, source: str) -> str | None:
+        with self.session() as s:
+            row = s.get(SyncCursor, source)
+            return row.cursor if row is not None else None
 
     # -- reading
     def active_sources(self, prefix: str) -> list[str]:

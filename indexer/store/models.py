@@ -13,6 +13,8 @@
   (no PHI: fixed phrases) and how many runs tried them (``attempts``): transient reasons
   are retried by later runs (see :mod:`indexer.store.retries`).
 - ``runs``: who ran what, when, and the counts.
+- ``sync_cursors``: how far ``index watch`` has followed each PACS (an Orthanc change
+  sequence number, or a QIDO-RS date), committed after the items it covers.
 - ``series``: one row per DICOM series: its vector pooled from its active instances'
   embeddings (see :mod:`indexer.store.series`); the row id is the series index's vector
   id. ``members`` and ``member_id_sum`` say which items it was pooled from (ids only grow,
@@ -127,6 +129,7 @@ class ItemRow(Base):
     phi: Mapped[dict[str, str] | None] = mapped_column(JSON)
     labels: Mapped[dict[str, str] | None] = mapped_column(JSON)  # sidecar CSV columns
     voi: Mapped[str | None] = mapped_column(String(24))
+    phash: Mapped[str | None] = mapped_column(String(16))  # perceptual hash, 64 bits in hex
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little endian
     model_fingerprint: Mapped[str] = mapped_column(String(64))
     recipe: Mapped[str] = mapped_column(String(32))
@@ -168,6 +171,16 @@ class SeriesRow(Base):
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, L2-normalised
     status: Mapped[str] = mapped_column(String(16), default="active")  # active, removed
     revision: Mapped[int] = mapped_column(Integer, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class SyncCursor(Base):
+    __tablename__ = "sync_cursors"
+
+    source: Mapped[str] = mapped_column(String(500), primary_key=True)
+    cursor: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )

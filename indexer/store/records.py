@@ -49,6 +49,7 @@ class ItemRecord:
     phi: dict[str, str] | None = None
     labels: dict[str, str] | None = None
     voi: str | None = None
+    phash: str | None = None
     run_id: int | None = None
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
