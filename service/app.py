@@ -21,6 +21,7 @@ from service.routes import azure, classify, combined, dicom, health, items, qc, 
 from service.runtime import Runtime
 from service.schemas import ErrorBody, ImageSearchRequest
 from service.series_schemas import SeriesSearchRequest
+from service.thumbnails import RESPONSE_HEADERS
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def create_app(settings: ServiceSettings, engine: EngineSettings | None = None) 
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["Retry-After"],
+            expose_headers=["Retry-After", *RESPONSE_HEADERS],
         )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

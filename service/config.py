@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from indexer.imaging.burned_in import ThumbnailPolicy
 from indexer.settings import CatalogSettings, CatalogUrl, EncoderSettings, ImagingSettings
 
 if TYPE_CHECKING:
@@ -108,6 +109,11 @@ class ServiceSettings(BaseSettings):
     workers: int = Field(default=2, ge=1, description="threads for decoding and search")
     text_cache_size: int = Field(default=4096, ge=0)
     thumbnail_cache_size: int = Field(default=512, ge=0)
+    thumbnail_policy: ThumbnailPolicy = Field(
+        default=ThumbnailPolicy.SAFE,
+        description="burned-in text: safe (items at risk get known text regions blacked "
+        "out, else no thumbnail), all, or none (no thumbnails)",
+    )
     index_poll_s: float = Field(default=2.0, gt=0, description="check for new index versions")
     # PACS and viewer
     pacs_url: str | None = Field(

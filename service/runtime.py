@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from indexer.encoders.encoder import Encoder
 from indexer.errors import ImageRefused
+from indexer.imaging.burned_in import Region
 from indexer.imaging.guard import DecodeJob, DecoderPool
 from indexer.imaging.handover import slot_bytes
 from indexer.imaging.types import DecodedImage, Reason
@@ -30,6 +31,7 @@ from service.errors import ServiceError
 from service.metrics import Metrics
 from service.qc_reference import ReferenceCache
 from service.results import Links
+from service.thumbnails import Thumbnail, ThumbnailKey
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,7 +59,7 @@ class Runtime:
         self.image_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-image")
         self.text_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-text")
         self.text_cache: LRU[str, Vector] = LRU(settings.text_cache_size)
-        self.thumbnails: LRU[tuple[int, int], bytes] = LRU(settings.thumbnail_cache_size)
+        self.thumbnails: LRU[ThumbnailKey, Thumbnail] = LRU(settings.thumbnail_cache_size)
         self.recipe = self.encoder.recipe(self.searcher.binding.recipe)
         self.decode_budget = DecodeBudget(
             settings.decode_budget_mb << 20, jobs=DECODES_PER_WORKER * settings.workers
@@ -154,12 +156,15 @@ class Runtime:
     async def embed_texts(self, texts: Sequence[str]) -> list[Vector]:
         return list(await asyncio.gather(*(self.embed_text(t) for t in texts)))
 
-    async def decode(self, data: bytes, *, thumbnail: int | None = None) -> DecodedImage:
+    async def decode(
+        self, data: bytes, *, thumbnail: int | None = None, mask: tuple[Region, ...] = ()
+    ) -> DecodedImage:
         """Decode an upload or a source file in a guarded worker, which hands back only the
-        model's input (or a thumbnail): full-resolution pixels never reach this process.
-        The bytes waiting for a worker count against the decode budget (503 when full)."""
+        model's input (or a thumbnail, ``mask`` blacked out first): full-resolution pixels
+        never reach this process. The bytes waiting for a worker count against the decode
+        budget (503 when full)."""
         recipe = self.recipe if thumbnail is None else None
-        job = DecodeJob(data=data, recipe=recipe, thumbnail=thumbnail)
+        job = DecodeJob(data=data, recipe=recipe, thumbnail=thumbnail, mask=mask)
         loop = asyncio.get_running_loop()
         async with self.decode_budget.reserve(len(data) + slot_bytes(self.recipe)):
             result = await loop.run_in_executor(self.decode_pool, self.decoders.decode, job)

@@ -34,6 +34,10 @@ class SearchOptions(Strict):
         description="next_page_token of the previous page of the same query",
     )  # fmt: skip
     return_vectors: bool = Field(default=False, description="return the query embedding")
+    collapse: Literal["near_duplicates"] | None = Field(
+        default=None,
+        description="one result per group of near-duplicate images (the best), with duplicates",
+    )
 
 
 class TextSearchRequest(SearchOptions):
@@ -80,6 +84,9 @@ class Item(BaseModel):
 
 class Hit(Item):
     score: float
+    duplicates: int | None = Field(
+        default=None, description="with collapse: near-duplicates folded into this result"
+    )
     viewer_url: str | None = None
     wado_url: str | None = None
 
@@ -191,3 +198,4 @@ class Health(BaseModel):
     index_version: str | None = None
     items: int | None = None
     model_fingerprint: str | None = None
+    thumbnail_policy: str | None = None  # safe | all | none (MEDSEARCH_THUMBNAIL_POLICY)

@@ -31,12 +31,13 @@ def test_compose_config_is_valid() -> None:
         pytest.skip("neither docker-compose nor the docker compose plugin is installed")
     env = {**os.environ, **ENV}
     run = subprocess.run(
-        [*compose, "--profile", "gpu", "--profile", "index", "config"],
+        [*compose, "--profile", "gpu", "--profile", "index", "--profile", "watch", "config"],
         cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     resolved = yaml.safe_load(run.stdout)
-    assert set(resolved["services"]) == {"orthanc", "api", "indexer", "api-gpu", "viewer"}
+    expected = {"orthanc", "api", "indexer", "watcher", "api-gpu", "viewer"}
+    assert set(resolved["services"]) == expected
     missing = subprocess.run(
         [*compose, "config", "-q"], cwd=ROOT, capture_output=True, text=True, check=False,
         env={k: v for k, v in os.environ.items() if k not in ENV}, timeout=60,
@@ -50,11 +51,13 @@ def test_compose_file_has_healthchecks_volumes_profiles_and_gpu() -> None:
     for name in ("orthanc", "api"):
         assert "healthcheck" in services[name], name
     assert services["indexer"]["profiles"] == ["index"]
+    assert services["watcher"]["profiles"] == ["watch"]
+    assert services["watcher"]["command"][:2] == ["index", "watch"]
     assert services["api-gpu"]["profiles"] == ["gpu"]
     devices = services["api-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert {"index", "orthanc-db"} <= set(spec["volumes"])
-    for name in ("api", "indexer", "api-gpu"):
+    for name in ("api", "indexer", "watcher", "api-gpu"):
         mounts = services[name]["volumes"]
         assert "index:/data/index" in mounts and "./models:/models:ro" in mounts
     api_env = services["api"]["environment"]

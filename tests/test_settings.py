@@ -264,6 +264,7 @@ SERVE_ENV = {
     "MEDSEARCH_WORKERS": "1",
     "MEDSEARCH_TEXT_CACHE_SIZE": "0",
     "MEDSEARCH_THUMBNAIL_CACHE_SIZE": "0",
+    "MEDSEARCH_THUMBNAIL_POLICY": "all",
     "MEDSEARCH_INDEX_POLL_S": "0.5",
     "MEDSEARCH_PACS_URL": "<pacs>",
     "MEDSEARCH_WADO_BASE_URL": "http://wado.test/dicom-web",
@@ -413,6 +414,7 @@ def test_serve_reads_index_model_catalog_host_port_and_keys(service: Service) ->
     assert httpx.get(service.base + "/readyz", timeout=5).status_code == 401  # API_KEYS
     ready = httpx.get(service.base + "/readyz", headers=service.auth, timeout=5).json()
     assert ready["items"] == 3  # the index and its catalog elsewhere
+    assert ready["thumbnail_policy"] == "all"  # MEDSEARCH_THUMBNAIL_POLICY
 
 
 def test_serve_allows_the_viewer_origin(service: Service) -> None:
@@ -428,7 +430,7 @@ def test_serve_limits_body_multipart_json_text_k_and_pixels(service: Service) ->
     multipart = post(service, "/v1/search/image", files=files, data=options)
     assert multipart.status_code == 200, multipart.text
     extra = post(service, "/v1/search/image", files=files, data={**options, "x": "1"})
-    assert extra.status_code == 413  # MAX_MULTIPART_PARTS=1
+    assert extra.status_code == 422  # MAX_MULTIPART_PARTS=1: parts the schema does not declare
     deep = post(service, "/v1/search/text", json={"text": "ct", "filters": {"a": [[[[1]]]]}})
     assert deep.status_code == 422 and "limited to 4" in deep.text  # MAX_JSON_DEPTH
     assert post(service, "/v1/search/text", json={"text": "x" * 40, "k": 5}).status_code == 200
@@ -665,6 +667,8 @@ REFUSALS = [
     serve_case("MEDSEARCH_WORKERS", "0"),
     serve_case("MEDSEARCH_TEXT_CACHE_SIZE", "-1"),
     serve_case("MEDSEARCH_THUMBNAIL_CACHE_SIZE", "-1"),
+    serve_case("MEDSEARCH_THUMBNAIL_POLICY", "hide"),
+    Refusal("MEDSEARCH_THUMBNAIL_POLICY", "hide", "index stats"),
     serve_case("MEDSEARCH_INDEX_POLL_S", "0"),
     Refusal("MEDSEARCH_PACS_URL", "not a url", "serve, no index"),
     Refusal("MEDSEARCH_WADO_BASE_URL", "not a url", "serve, no index"),

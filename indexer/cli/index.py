@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from indexer.cli import build, curate, reembed
+from indexer.cli import build, curate, duplicates, reembed, watch
 from indexer.cli.options import IndexOpt, ModelOpt
 from indexer.errors import MedsearchError
+
+if TYPE_CHECKING:
+    from indexer.store.catalog import Catalog
 
 
 class Level(StrEnum):
@@ -25,9 +29,11 @@ app = typer.Typer(no_args_is_help=True, help="Build and query an index (catalog 
 
 app.command()(build.build)
 app.command()(build.add)
+app.command()(watch.watch)
 app.command()(reembed.reembed)
 app.command()(curate.outliers)
 app.command()(curate.label)
+app.command()(duplicates.duplicates)
 
 
 @app.command()
@@ -89,15 +95,23 @@ def rebuild(
 
 @app.command()
 def stats(index: IndexOpt, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Counts, the model, and the published index's build facts (incl. measured recall)."""
+    """Counts, the model, the published index's build facts (incl. measured recall), and
+    the thumbnail policy that MEDSEARCH_THUMBNAIL_POLICY sets, with the active items that
+    ``safe`` masks or withholds."""
+    from indexer.imaging.burned_in import policy_from_env
     from indexer.pipeline.runner import open_catalog
     from indexer.store.sync import index_store
 
+    try:
+        policy = policy_from_env(dict(os.environ))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="MEDSEARCH_THUMBNAIL_POLICY") from None
     catalog = open_catalog(index, read_only=True)
     try:
         out = catalog.stats()
         binding = catalog.binding()
         out["model"] = binding.__dict__ if binding else None
+        out["thumbnails"] = {"policy": policy.value, "at_risk": _at_risk(catalog)}
     finally:
         catalog.close()
     manifest = index_store(index).current()
@@ -108,6 +122,11 @@ def stats(index: IndexOpt, as_json: Annotated[bool, typer.Option("--json")] = Fa
     typer.echo(f"items: {out['items']}")
     typer.echo(f"failures: {out['failures']}")
     typer.echo(f"modalities: {out['modalities']}")
+    at_risk = out["thumbnails"]["at_risk"]
+    typer.echo(
+        f"thumbnails: policy {policy.value}; {at_risk} active items at risk of burned-in "
+        "text (safe: masked where a text region is known, else withheld)"
+    )
     if manifest is not None:
         f = manifest.facts
         typer.echo(
@@ -116,6 +135,20 @@ def stats(index: IndexOpt, as_json: Annotated[bool, typer.Option("--json")] = Fa
         )
     else:
         typer.echo("index: none published")
+
+
+def _at_risk(catalog: Catalog) -> int:
+    """Active items whose pixels may show identifying text (``burned_in.risk``)."""
+    from sqlalchemy import func, select
+
+    from indexer.imaging.burned_in import risk
+    from indexer.store.models import ItemRow
+
+    columns = (ItemRow.modality, ItemRow.sop_class_uid, ItemRow.burned_in_annotation)
+    query = select(*columns, func.count()).where(ItemRow.status == "active").group_by(*columns)
+    with catalog.session() as s:
+        groups = s.execute(query).all()
+    return sum(int(n) for modality, sop, burned, n in groups if risk(modality, sop, burned))
 
 
 @app.command()

@@ -54,6 +54,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from indexer.encoders.preprocess import Recipe
+from indexer.imaging.burned_in import Region
 from indexer.imaging.decode import decode_bytes, decode_path
 from indexer.imaging.handover import SharedSlot, WorkerSlots, hand_over, slot_bytes
 from indexer.imaging.types import DecodeResult, FileInfo, Reason
@@ -74,13 +75,16 @@ class DecodeJob:
     """A file to decode: a path on disk, or bytes (archive members, uploads).
 
     ``recipe``: hand back the model's input for it instead of the rendering;
-    ``thumbnail``: hand back the rendering shrunk to at most this many pixels a side.
+    ``thumbnail``: hand back the rendering shrunk to at most this many pixels a side;
+    ``mask``: with ``thumbnail``, black these regions out of the full-resolution rendering
+    before shrinking (burned-in text: :mod:`indexer.imaging.burned_in`).
     """
 
     path: str | None = None
     data: bytes | None = None
     recipe: Recipe | None = None
     thumbnail: int | None = None
+    mask: tuple[Region, ...] = ()
 
 
 def _limit_memory(megabytes: int) -> None:
@@ -138,7 +142,7 @@ def _serve(conn: Connection, settings_json: str, salt: str | None, capture: str)
                 result = decode_bytes(job.data or b"", settings)
             if result.reason == Reason.MEMORY:
                 os._exit(MEMORY_EXIT)
-            handed = hand_over(result, job.recipe, job.thumbnail)
+            handed = hand_over(result, job.recipe, job.thumbnail, job.mask)
             message, layout = slots.put(handed, slot)  # no slot: all in the message
             conn.send((message, layout, _address_space()))
         except MemoryError:

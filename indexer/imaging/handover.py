@@ -11,6 +11,7 @@ slot (every frame of a multi-frame object) goes through the pipe as before.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from multiprocessing import shared_memory
 
@@ -20,6 +21,8 @@ from PIL import Image
 
 from indexer.encoders.preprocess import Recipe, prepare
 from indexer.errors import ImageInputError
+from indexer.imaging.burned_in import Region, apply_mask
+from indexer.imaging.phash import phash
 from indexer.imaging.types import DecodedImage, DecodeResult, Reason
 
 Layout = list[tuple[int, tuple[int, ...]] | None]  # per image: (offset, shape) in the slot
@@ -31,19 +34,27 @@ def _thumbnail(pixels: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8
     return np.asarray(img, dtype=np.uint8)
 
 
-def hand_over(result: DecodeResult, recipe: Recipe | None, thumbnail: int | None) -> DecodeResult:
+def hand_over(
+    result: DecodeResult,
+    recipe: Recipe | None,
+    thumbnail: int | None,
+    mask: Sequence[Region] = (),
+) -> DecodeResult:
     """What of ``result`` a job asked for: the model's inputs for ``recipe``, thumbnails
-    of at most ``thumbnail`` pixels a side, or (neither) the full rendering."""
+    of at most ``thumbnail`` pixels a side (``mask`` blacked out at full resolution before
+    shrinking: burned-in text), or (neither) the full rendering."""
     if not result.ok or (recipe is None and thumbnail is None):
         return result
     images: list[DecodedImage] = []
     try:
         for image in result.images:
-            if recipe is not None:
+            if recipe is not None:  # the model's input, and the rendering's hash beside it
                 pixels = prepare(image.pixels, recipe, grey=image.grey)
-                images.append(replace(image, pixels=pixels, recipe=recipe.name))
+                meta = image.metadata.model_copy(update={"phash": phash(pixels)})
+                images.append(replace(image, pixels=pixels, recipe=recipe.name, metadata=meta))
             elif thumbnail is not None:
-                images.append(replace(image, pixels=_thumbnail(image.pixels, thumbnail)))
+                shown = apply_mask(image.pixels, mask) if mask else image.pixels
+                images.append(replace(image, pixels=_thumbnail(shown, thumbnail)))
     except ImageInputError as exc:
         return DecodeResult(file=result.file, reason=Reason.UNDECODABLE, detail=str(exc))
     return replace(result, images=images)

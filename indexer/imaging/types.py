@@ -75,6 +75,7 @@ class ImageMetadata(BaseModel):
     # how the pixels were rendered
     render_policy: str = RENDER_POLICY
     voi: str | None = None  # window | lut | percentile | percentile-fallback | minmax | none
+    phash: str | None = None  # perceptual hash of the rendering (indexer.imaging.phash)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Rows come in id order, read ``batch`` at a time by id (keyset paging: memory stays flat
 on any catalog). Label columns (sidecar CSV columns, zero-shot labels) become one column
 each, ``label:<name>``, found by a first pass over the matching rows' labels. Stored PHI
-(``MEDSEARCH_STORE_PHI``) is never exported; ``patient_key`` (a salted hash) is.
+(``MEDSEARCH_PHI_ALLOW``) is never exported; ``patient_key`` (a salted hash) is.
 """
 
 from __future__ import annotations

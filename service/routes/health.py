@@ -29,6 +29,7 @@ async def readyz(request: Request) -> Health:
         index_version=manifest.version,
         items=int(runtime.searcher.loaded.index.ntotal),
         model_fingerprint=runtime.encoder.fingerprint,
+        thumbnail_policy=runtime.settings.thumbnail_policy.value,
     )
 
 

@@ -1,17 +1,17 @@
-"""An indexed item's metadata and its thumbnail (rendered as the model saw it); the
-catalog's items as CSV (``GET /v1/items/export``)."""
+"""An indexed item's metadata and its thumbnail (rendered as the model saw it, under the
+burned-in text policy: :mod:`service.thumbnails`); the catalog's items as CSV
+(``GET /v1/items/export``)."""
 
 from __future__ import annotations
 
-import io
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response, StreamingResponse
-from PIL import Image
 from pydantic import ValidationError
 
 from indexer.errors import SourceError
+from indexer.imaging.burned_in import ThumbnailPolicy
 from indexer.sources import open_uri
 from indexer.store.export import COLUMNS, LABEL_PREFIX, csv_lines, export_rows, label_names
 from indexer.store.filters import MAX_VALUES, Filters
@@ -20,6 +20,7 @@ from service.errors import ServiceError
 from service.results import item_model
 from service.runtime import Runtime
 from service.schemas import Item
+from service.thumbnails import POLICY_OFF, RESPONSE_HEADERS, placeholder, render_thumbnail
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 
@@ -107,31 +108,37 @@ def _read_source(uri: str, limit: int) -> bytes:
 @router.get(
     "/{item_id}/thumbnail",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "PNG thumbnail"}},
+    responses={
+        200: {
+            "content": {"image/png": {}},
+            "description": "PNG thumbnail, or a placeholder with X-Thumbnail-Withheld",
+            "headers": RESPONSE_HEADERS,
+        }
+    },
 )
 async def thumbnail(
     item_id: ItemId, rt: RuntimeDep, size: Annotated[int, Query(ge=16, le=512)] = 128
 ) -> Response:
-    """A PNG thumbnail of the rendered image (multi-frame objects: their middle frame)."""
-    cached = rt.thumbnails.get((item_id, size))
+    """A PNG thumbnail of the rendered image (multi-frame objects: their middle frame).
+
+    Under ``MEDSEARCH_THUMBNAIL_POLICY`` (see ``/readyz``): an item whose pixels may show
+    identifying text gets its known text regions blacked out (``X-Thumbnail-Masked``), or,
+    with none known, a placeholder image with the reason in ``X-Thumbnail-Withheld``."""
+    policy = rt.settings.thumbnail_policy
+    key = (item_id, size, policy.value)
+    cached = rt.thumbnails.get(key)
     if cached is None:
         row = await _active_row(rt, item_id)
-        try:
-            data = await rt.run(_read_source, row.source_uri, rt.imaging.max_file_bytes)
-        except (SourceError, OSError):
-            raise ServiceError(
-                404, "source unavailable", "the item's file cannot be read"
-            ) from None
-        image = await rt.decode(data, thumbnail=size)  # shrunk in the worker
-
-        def encode() -> bytes:
-            img = Image.fromarray(image.pixels)
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-            return buf.getvalue()
-
-        cached = await rt.run(encode)
-        rt.thumbnails.put((item_id, size), cached)
-    return Response(
-        cached, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
-    )
+        if policy is ThumbnailPolicy.NONE:
+            cached = placeholder(size, POLICY_OFF)
+        else:
+            try:
+                data = await rt.run(_read_source, row.source_uri, rt.imaging.max_file_bytes)
+            except (SourceError, OSError):
+                raise ServiceError(
+                    404, "source unavailable", "the item's file cannot be read"
+                ) from None
+            cached = await render_thumbnail(rt, data, size, row)
+        rt.thumbnails.put(key, cached)
+    headers = {"Cache-Control": "private, max-age=3600", **cached.headers()}
+    return Response(cached.png, media_type="image/png", headers=headers)

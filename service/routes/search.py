@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Path, Query, Request
 
+from indexer.store.duplicates import collapse
 from indexer.store.filters import Filters
 from service.deps import RuntimeDep
 from service.errors import ServiceError
@@ -67,7 +68,7 @@ async def run_search(
     page = read_page(options.page_token, query=query, version=loaded.manifest.version)
     k = min(options.k, MAX_DEPTH - page.offset)
     wanted = page.offset + k + 1  # one more: is there a next page?
-    fetch = wanted * 5 if options.group_by else wanted
+    fetch = wanted * 5 if options.group_by or options.collapse else wanted
     filters = filters or options.filters
     hits = await rt.run(
         lambda: rt.searcher.search(
@@ -76,7 +77,19 @@ async def run_search(
         )
     )  # fmt: skip
     rt.metrics.search.observe(time.perf_counter() - started)
+    folded: dict[int, int] = {}
+    if options.collapse:  # near-duplicates among the candidates: the best of each group
+        kept = collapse(
+            [
+                (h.id, h.item.phash, h.item.series_instance_uid, h.item.sop_instance_uid)
+                for h in hits
+            ]
+        )
+        folded = dict(kept)
+        hits = [h for h in hits if h.id in folded]
     ordered = hits_model(hits, wanted, options.group_by, rt.links)
+    if options.collapse:
+        ordered = [h.model_copy(update={"duplicates": folded[h.id]}) for h in ordered]
     return SearchResponse(
         results=ordered[page.offset : page.offset + k],
         next_page_token=page.next_token(k, more=len(ordered) > page.offset + k),

@@ -86,6 +86,16 @@ async function loadThumbnail(img, path) {
     const objectUrl = URL.createObjectURL(blob);
     state.thumbs.push(objectUrl);
     img.src = objectUrl;
+    // a placeholder (burned-in text policy): the reason in the card instead of the image
+    const withheld = response.headers.get("X-Thumbnail-Withheld");
+    if (withheld) {
+      const note = document.createElement("p");
+      note.className = "withheld";
+      note.textContent = "No thumbnail: " + withheld;
+      img.alt = note.textContent;
+      img.hidden = true;
+      img.after(note);
+    }
   } catch (e) {
     img.alt = "no thumbnail";
   }

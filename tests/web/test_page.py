@@ -257,3 +257,19 @@ def test_load_more_and_the_min_score_slider(browser: Any, base_url: str) -> None
     _wait(browser, lambda d: "results for" in d.find_element(By.ID, "status").text)
     kept = scores()
     assert len(kept) >= 3 and all(score >= threshold for score in kept), (threshold, kept)
+
+
+def test_a_withheld_thumbnail_shows_the_reason(browser: Any, base_url: str) -> None:
+    """Secondary captures (pydicom's SC_rgb*.dcm, modality OT) have no known text region:
+    under the default policy the card says why instead of showing the image."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _enter_key(browser, base_url)
+    browser.find_element(By.ID, "f-modality").send_keys("ot")
+    browser.find_element(By.ID, "query").send_keys("screenshot", Keys.ENTER)
+    _wait(browser, lambda d: len(_cards(d)) > 0)
+    notes = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .withheld"))
+    assert "No thumbnail: " in notes[0].text and "no known text region" in notes[0].text
+    assert not notes[0].find_element(By.XPATH, "preceding-sibling::img").is_displayed()
+    _shot(browser, "withheld")
