@@ -22,14 +22,20 @@ from service.runtime import Runtime, b64decode
 M = TypeVar("M", bound=BaseModel)
 
 
-def upload_body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    """The ``requestBody`` of a route that reads its upload with :func:`read_image_upload`
-    (``model`` inline: it has no nested models)."""
+def upload_body_doc(model: type[BaseModel], *, component: bool = False) -> dict[str, Any]:
+    """The ``requestBody`` of a route that reads its upload with :func:`read_image_upload`:
+    ``model`` inline (it has no nested models), or with ``component`` a reference to the
+    schema the app adds to its components."""
+    schema = (
+        {"$ref": f"#/components/schemas/{model.__name__}"}
+        if component
+        else model.model_json_schema()
+    )
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": model.model_json_schema()},
+                "application/json": {"schema": schema},
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",

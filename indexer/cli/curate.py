@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from indexer.cli.options import IndexOpt, ModelOpt
-from indexer.errors import MedsearchError, ModelMismatchError, SourceError
+from indexer.errors import MedsearchError, SourceError
 
 MAX_PROMPTS = 1000
 
@@ -95,10 +95,8 @@ def label(
     import numpy as np
     import numpy.typing as npt
 
-    from indexer.encoders.encoder import Encoder
-    from indexer.encoders.zero_shot import label_vectors, probabilities
+    from indexer.encoders.zero_shot import index_encoder, probabilities, prompt_label_vectors
     from indexer.pipeline.runner import open_catalog
-    from indexer.settings import EncoderSettings
     from indexer.store.label_columns import check_column_name, write_label_column
 
     try:
@@ -111,16 +109,8 @@ def label(
         binding = catalog.binding()
         if binding is None:
             raise MedsearchError("this index is empty")
-        encoder = Encoder.load(model, EncoderSettings())
-        if encoder.fingerprint != binding.model_fingerprint:
-            raise ModelMismatchError(
-                f"the index holds embeddings of model {binding.model_fingerprint[:16]}, "
-                f"not {encoder.fingerprint[:16]}: label with the index's model"
-            )
-        names = list(table)
-        texts = [text for label in names for text in table[label]]
-        owners = [i for i, label in enumerate(names) for _ in table[label]]
-        vectors = label_vectors(encoder.embed_texts(texts), owners, len(names))
+        encoder = index_encoder(model, binding)
+        names, vectors = prompt_label_vectors(encoder, table)
         scale = encoder.logit_scale
 
         def classify(items: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:

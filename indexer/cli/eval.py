@@ -165,13 +165,11 @@ def run_retrieval(
 
 def run_zero_shot(index: Path, label: str, prompts_csv: Path, model: Path) -> ZeroShotReport:
     from indexer.cli.curate import read_prompts
-    from indexer.encoders.encoder import Encoder
-    from indexer.encoders.zero_shot import label_vectors
-    from indexer.errors import CatalogError, ModelMismatchError
+    from indexer.encoders.zero_shot import index_encoder, prompt_label_vectors
+    from indexer.errors import CatalogError
     from indexer.eval.dataset import load_labelled
     from indexer.eval.zero_shot import ZeroShotReport, evaluate_zero_shot
     from indexer.pipeline.runner import open_catalog
-    from indexer.settings import EncoderSettings
 
     start = time.perf_counter()
     prompts = read_prompts(prompts_csv)
@@ -183,16 +181,8 @@ def run_zero_shot(index: Path, label: str, prompts_csv: Path, model: Path) -> Ze
         data = load_labelled(catalog, label)
     finally:
         catalog.close()
-    encoder = Encoder.load(model, EncoderSettings())
-    if encoder.fingerprint != binding.model_fingerprint:
-        raise ModelMismatchError(
-            f"the index was built with model {binding.model_fingerprint[:16]}, "
-            f"not {encoder.fingerprint[:16]}"
-        )
-    classes = list(prompts)
-    texts = [text for name in classes for text in prompts[name]]
-    owners = [c for c, name in enumerate(classes) for _ in prompts[name]]
-    class_vectors = label_vectors(encoder.embed_texts(texts), owners, len(classes))
+    encoder = index_encoder(model, binding)
+    classes, class_vectors = prompt_label_vectors(encoder, prompts)
     scores = evaluate_zero_shot(
         data.vectors, data.labels, classes, class_vectors, encoder.logit_scale
     )

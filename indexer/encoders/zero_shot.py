@@ -10,10 +10,16 @@ prompts describe it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from indexer.encoders.encoder import Encoder
+    from indexer.store.catalog import ModelBinding
 
 Vectors = npt.NDArray[np.float32]
 Probabilities = npt.NDArray[np.float64]
@@ -47,3 +53,28 @@ def label_vectors(prompt_vectors: Vectors, prompt_labels: Sequence[int], labels:
         raise ValueError("every label needs at least one prompt (with a non-zero mean)")
     out: Vectors = (sums / norms).astype(np.float32)
     return out
+
+
+def index_encoder(model_dir: Path, binding: ModelBinding) -> Encoder:
+    """The encoder in ``model_dir``, refused unless it is the model the index holds."""
+    from indexer.encoders.encoder import Encoder
+    from indexer.errors import ModelMismatchError
+    from indexer.settings import EncoderSettings
+
+    encoder = Encoder.load(model_dir, EncoderSettings())
+    if encoder.fingerprint != binding.model_fingerprint:
+        raise ModelMismatchError(
+            f"the index holds embeddings of model {binding.model_fingerprint[:16]}, not "
+            f"{encoder.fingerprint[:16]}: use the index's model"
+        )
+    return encoder
+
+
+def prompt_label_vectors(
+    encoder: Encoder, prompts: Mapping[str, Sequence[str]]
+) -> tuple[list[str], Vectors]:
+    """The labels (in the prompts' order) and one vector each (:func:`label_vectors`)."""
+    names = list(prompts)
+    texts = [text for name in names for text in prompts[name]]
+    owners = [i for i, name in enumerate(names) for _ in prompts[name]]
+    return names, label_vectors(encoder.embed_texts(texts), owners, len(names))

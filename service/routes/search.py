@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
@@ -23,31 +23,9 @@ from service.schemas import (
     SearchResponse,
     TextSearchRequest,
 )
-from service.uploads import read_image_upload
+from service.uploads import read_image_upload, upload_body_doc
 
 router = APIRouter(prefix="/v1", tags=["search"])
-
-IMAGE_BODY_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/ImageSearchRequest"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "options": {
-                            "type": "string",
-                            "description": "JSON of ImageSearchRequest fields except image",
-                        },
-                    },
-                }
-            },
-        },
-    }
-}
 
 
 async def run_search(
@@ -113,7 +91,11 @@ async def search_text(body: TextSearchRequest, rt: RuntimeDep) -> SearchResponse
     return await run_search(rt, vector, body, query=request_digest("text", body))
 
 
-@router.post("/search/image", response_model=SearchResponse, openapi_extra=IMAGE_BODY_DOC)
+@router.post(
+    "/search/image",
+    response_model=SearchResponse,
+    openapi_extra=upload_body_doc(ImageSearchRequest, component=True),
+)
 async def search_image(request: Request, rt: RuntimeDep) -> SearchResponse:
     """Images nearest to an uploaded PNG, JPEG or DICOM (rendered with the index's recipe)."""
     data, options = await read_image_upload(request, rt, ImageSearchRequest)
