@@ -1,9 +1,12 @@
 """Page tokens: the next page of the same query, on the same index version.
 
 A token is opaque to clients (URL-safe base64 of a small JSON object): the index version
-it was issued for, the offset of the next page, and a digest of the query it continues
-(the route and the request, less the token itself). Results are ordered by score, then
-id, so a page continues exactly where the last one stopped. A token from another index
+it was issued for, the offset of the next page, the (score, id) of the last result shown,
+and a digest of the query it continues (the route and the request, less the token
+itself). Results are ordered by score, then id; a page holds only results after the last
+one shown (a keyset cursor), so pages never overlap, also on compressed indexes, whose
+re-ranked candidates grow with the depth asked for. (With ``group_by`` or ``collapse`` the
+groups are recomputed from the start and cut at the offset.) A token from another index
 version is refused with 410 (the order may have changed: search again), a token used with
 another query with 422. Pages stop at ``MAX_DEPTH`` results: no token goes further.
 """
@@ -29,6 +32,8 @@ class _Token(BaseModel):
     v: str  # index version
     o: int  # offset of the next page
     q: str  # query digest
+    s: float | None = None  # score of the last result shown
+    i: int | None = None  # its id
 
 
 def query_digest(route: str, *parts: bytes | str) -> str:
@@ -45,13 +50,16 @@ class Page:
     offset: int
     query: str  # digest
     version: str
+    after: tuple[float, int] | None = None  # (score, id) of the last result shown
 
-    def next_token(self, k: int, more: bool) -> str | None:
-        """The token of the page after this one, when there are more results."""
+    def next_token(self, k: int, more: bool, last: tuple[float, int] | None) -> str | None:
+        """The token of the page after this one (whose last result is ``last``), when
+        there are more results."""
         offset = self.offset + k
         if not more or offset >= MAX_DEPTH:
             return None
-        raw = _Token(v=self.version, o=offset, q=self.query).model_dump_json()
+        score, item = last if last is not None else (None, None)
+        raw = _Token(v=self.version, o=offset, q=self.query, s=score, i=item).model_dump_json()
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -73,4 +81,5 @@ def read_page(token: str | None, *, query: str, version: str) -> Page:
         raise ServiceError(422, "invalid page token", "the token belongs to another query")
     if not 0 < decoded.o < MAX_DEPTH:
         raise ServiceError(422, "invalid page token", f"pages stop at {MAX_DEPTH} results")
-    return Page(decoded.o, query, version)
+    after = (decoded.s, decoded.i) if decoded.s is not None and decoded.i is not None else None
+    return Page(decoded.o, query, version, after)

@@ -310,7 +310,9 @@ def search(
     ``allowed_ids`` restricts the search to those catalog ids inside FAISS (an
     ``IDSelectorBatch`` on external ids; ``IndexIDMap2`` translates it). An IVF then scans
     ``nprobe * ntotal / len(allowed_ids)`` lists (at most all of them), so a selective
-    filter still sees as many candidates as an unfiltered search. ``nprobe=None`` uses the
+    filter still sees as many candidates as an unfiltered search; when the probed lists
+    still hold fewer than ``k`` allowed vectors (a filter that follows the clusters), twice
+    as many lists are probed, until ``k`` results or every list. ``nprobe=None`` uses the
     value tuned at build time.
     """
     q = _check_vectors(queries, int(index.d), "queries")
@@ -332,11 +334,21 @@ def search(
         probe = int(nprobe if nprobe is not None else index.nprobe)
         if nprobe is None and selector is not None:
             probe = math.ceil(probe * ntotal / max(1, n_allowed))
-        search_params = _ivf_params(max(1, min(probe, int(index.nlist))), selector)
-    elif selector is not None:
-        search_params = faiss.SearchParameters()
-        search_params.sel = selector
-    scores, labels = index.search(q, k, params=search_params)
+        probe = max(1, min(probe, int(index.nlist)))
+        search_params = _ivf_params(probe, selector)
+        scores, labels = index.search(q, k, params=search_params)
+        # A filter that follows the clusters (say, every MR image in a few lists) can leave
+        # the probed lists without an allowed vector: probe twice as many lists until k
+        # results come back or every list has been probed
+        wanted = min(k, n_allowed)
+        while selector is not None and probe < index.nlist and (labels >= 0).sum(1).min() < wanted:
+            probe = min(2 * probe, int(index.nlist))
+            scores, labels = index.search(q, k, params=_ivf_params(probe, selector))
+    else:
+        if selector is not None:
+            search_params = faiss.SearchParameters()
+            search_params.sel = selector
+        scores, labels = index.search(q, k, params=search_params)
     out_scores: list[Scores] = []
     out_ids: list[Ids] = []
     for row_scores, row_ids in zip(scores, labels, strict=True):

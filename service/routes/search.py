@@ -11,6 +11,7 @@ from fastapi import APIRouter, Path, Query, Request
 
 from indexer.store.duplicates import collapse
 from indexer.store.filters import Filters
+from indexer.store.searcher import Hit as SearchHit
 from service.deps import RuntimeDep
 from service.errors import ServiceError
 from service.paging import MAX_DEPTH, query_digest, read_page
@@ -26,6 +27,7 @@ from service.schemas import (
 from service.uploads import read_image_upload, upload_body_doc
 
 router = APIRouter(prefix="/v1", tags=["search"])
+MAX_FETCH = 8 * MAX_DEPTH  # candidates one page may look through
 
 
 async def run_search(
@@ -48,12 +50,26 @@ async def run_search(
     wanted = page.offset + k + 1  # one more: is there a next page?
     fetch = wanted * 5 if options.group_by or options.collapse else wanted
     filters = filters or options.filters
-    hits = await rt.run(
-        lambda: rt.searcher.search(
-            vector, fetch, filters=filters, nprobe=options.nprobe, exclude_ids=exclude_ids,
-            min_score=options.min_score,
-        )
-    )  # fmt: skip
+    grouped = bool(options.group_by or options.collapse)
+
+    def after_cursor(found: list[SearchHit]) -> list[SearchHit]:
+        if page.after is None or grouped:
+            return found
+        score, item = page.after
+        return [h for h in found if h.score < score or (h.score == score and h.id > item)]
+
+    while True:
+        hits = await rt.run(
+            lambda n=fetch: rt.searcher.search(
+                vector, n, filters=filters, nprobe=options.nprobe, exclude_ids=exclude_ids,
+                min_score=options.min_score,
+            )
+        )  # fmt: skip
+        # an approximate index may rank deeper candidates above the last one shown: fetch
+        # more until the page can be filled after it (or nothing more comes)
+        if len(after_cursor(hits)) > k or len(hits) < fetch or fetch >= MAX_FETCH:
+            break
+        fetch *= 2
     rt.metrics.search.observe(time.perf_counter() - started)
     folded: dict[int, int] = {}
     if options.collapse:  # near-duplicates among the candidates: the best of each group
@@ -65,12 +81,18 @@ async def run_search(
         )
         folded = dict(kept)
         hits = [h for h in hits if h.id in folded]
-    ordered = hits_model(hits, wanted, options.group_by, rt.links)
+    start = page.offset
+    if page.after is not None and not grouped:  # keyset: only what follows the last shown
+        hits, start = after_cursor(hits), 0
+    ordered = hits_model(hits, start + k + 1, options.group_by, rt.links)
     if options.collapse:
         ordered = [h.model_copy(update={"duplicates": folded[h.id]}) for h in ordered]
+    shown = ordered[start : start + k]
+    raw = {h.id: h.score for h in hits}
+    final = (raw[shown[-1].id], shown[-1].id) if shown else None
     return SearchResponse(
-        results=ordered[page.offset : page.offset + k],
-        next_page_token=page.next_token(k, more=len(ordered) > page.offset + k),
+        results=shown,
+        next_page_token=page.next_token(k, more=len(ordered) > start + k, last=final),
         query_vector=[float(x) for x in vector] if options.return_vectors else None,
         index_version=loaded.manifest.version,
         model_fingerprint=loaded.manifest.model_fingerprint,
