@@ -4,10 +4,15 @@ For each size N, synthetic L2-normalised vectors whose neighbours are not trivia
 separable (see :func:`mixture`) are indexed with
 
 - ``flat``: the exact baseline (``IndexIDMap2(IndexFlatIP)``), measured in the same run;
-- the default index (``build_index`` with its defaults: ``ivf_flat`` from 20k vectors,
-  ``nlist`` from N, ``nprobe`` tuned at build time to recall@10 >= 0.95);
-- up to ``--compare-up-to`` vectors also ``ivf_sq8`` and ``ivf_pq``, searched for
-  ``10 * rerank_factor`` candidates and re-ranked exactly (as the service must do).
+- the default index (``build_index`` with its defaults: ``ivf_sq8`` from 20k vectors,
+  ``nlist`` from N, ``nprobe`` tuned at build time to recall@10 >= 0.95), searched for
+  ``10 * rerank_factor`` candidates re-ranked exactly with float32 vectors held in memory
+  (looked up by id with a binary search, as :class:`~indexer.store.rerank_store.RerankStore`
+  does in the service); measured twice: with the threads sharing one query's lists (as
+  built and loaded) and with one thread per query (FAISS's own default, ``parallel_mode``
+  0), to show what that setting gives;
+- ``ivf_flat``, the previous default (float32 lists, no re-ranking);
+- up to ``--compare-up-to`` vectors also ``ivf_pq`` (8-bit codes, 8x candidates).
 
 Held-out queries (same distribution, not in the index) are searched one at a time after
 a warm-up; recall@10 is against exact search over all N vectors. Memory per vector is
@@ -25,6 +30,8 @@ once (freed before the next index), the IVF-Flat build holds its 1.6 GB training
 and the index: ~10 GB peak. On 2 cores the 1M run takes ~13 minutes, ~11 of them the
 default build (k-means on 409,600 points into 4,096 lists, adding 1M vectors, tuning).
 Exit status 1 when the default index misses recall@10 >= 0.95 on the held-out queries.
+Memory per vector: the index's bytes plus, for re-ranked kinds, the float32 store
+(``4 * dim``; in the catalog instead with ``MEDSEARCH_RERANK_STORE=catalog``).
 """
 
 from __future__ import annotations
@@ -136,16 +143,23 @@ def measure(
     name: str, built: BuiltIndex, x: Vectors, queries: Vectors, truth: Ids, seconds: float
 ) -> dict[str, Any]:
     facts = built.facts
+    ids = np.arange(x.shape[0], dtype=np.int64)  # the store's sorted ids (row numbers here)
+
+    def held(wanted: Ids) -> Vectors:  # RerankStore.vectors: a binary search by id
+        return x[np.searchsorted(ids, wanted)]
 
     def one(q: Vectors) -> Ids:
         if not facts.needs_rerank:
             return search(built.index, q, K)[1][0]
         candidates = search(built.index, q, K * facts.rerank_factor)[1][0]
-        return rerank(q[0], candidates, lambda ids: x[ids], K)[1]  # ids are row numbers
+        return rerank(q[0], candidates, held, K)[1]
 
     found, p50, p99 = timed_queries(one, queries)
+    index_bytes = serialized_bytes(built.index) / x.shape[0]
+    store_bytes = 4 * x.shape[1] if facts.needs_rerank else 0
     row = {
         "index": name,
+        "kind": facts.kind,
         "build_s": round(seconds, 1),
         "nlist": facts.nlist,
         "nprobe": facts.nprobe,
@@ -153,7 +167,9 @@ def measure(
         "recall_at_10": round(recall_at_k(found, truth), 4),
         "p50_ms": round(p50, 3),
         "p99_ms": round(p99, 3),
-        "bytes_per_vector": round(serialized_bytes(built.index) / x.shape[0], 1),
+        "bytes_per_vector": round(index_bytes, 1),
+        "rerank_bytes_per_vector": store_bytes,
+        "parallel_mode": int(getattr(built.index, "parallel_mode", 0)),
         "facts": facts.model_dump(),
     }
     log(f"  {name}: {json.dumps({k: v for k, v in row.items() if k != 'facts'})}")
@@ -173,13 +189,18 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     sims, truth = faiss.knn(queries, x, K, metric=faiss.METRIC_INNER_PRODUCT)
     rows = []
     kinds: list[tuple[str, dict[str, Any]]] = [("flat", {"kind": "flat"}), ("default", {})]
+    kinds += [("ivf_flat", {"compress": "none"})]
     if n <= args.compare_up_to:
-        kinds += [("ivf_sq8", {"compress": "sq8"}), ("ivf_pq", {"compress": "pq"})]
+        kinds += [("ivf_pq", {"compress": "pq"})]
     for name, kwargs in kinds:
         log(f"N={n}: building {name}")
         start = time.perf_counter()
         built = build_index(ids, x, seed=args.seed, **kwargs)
-        rows.append(measure(name, built, x, queries, truth, time.perf_counter() - start))
+        seconds = time.perf_counter() - start
+        rows.append(measure(name, built, x, queries, truth, seconds))
+        if name == "default" and isinstance(built.index, faiss.IndexIVF):
+            built.index.parallel_mode = 0  # FAISS's default: one thread per query
+            rows.append(measure("default, 1 thread/query", built, x, queries, truth, seconds))
         del built
     exact = rows[0]
     for row in rows:
@@ -245,18 +266,18 @@ def plan(results: list[dict[str, Any]], dim: int) -> list[str]:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     head = (
-        f"{'N':>9} {'index':>8} {'nlist':>6} {'nprobe':>6} {'tuned':>6} {'recall':>6} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'p50/x':>6} {'B/vec':>7} {'build s':>8}"
+        f"{'N':>9} {'index':>24} {'nlist':>6} {'nprobe':>6} {'tuned':>6} {'recall':>6} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'p50/x':>6} {'B/vec':>7} {'+store':>6} {'build s':>8}"
     )
     print(head)
     print("-" * len(head))
     for res in results:
         for r in res["rows"]:
             print(
-                f"{res['n']:>9} {r['index']:>8} {r['nlist']:>6} {r['nprobe']:>6} "
+                f"{res['n']:>9} {r['index']:>24} {r['nlist']:>6} {r['nprobe']:>6} "
                 f"{r['tuned_recall']:>6.3f} {r['recall_at_10']:>6.3f} {r['p50_ms']:>8.2f} "
                 f"{r['p99_ms']:>8.2f} {r['latency_ratio']:>6.3f} {r['bytes_per_vector']:>7.0f} "
-                f"{r['build_s']:>8.1f}"
+                f"{r['rerank_bytes_per_vector']:>6} {r['build_s']:>8.1f}"
             )
 
 

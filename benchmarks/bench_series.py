@@ -72,6 +72,7 @@ from indexer.settings import EncoderSettings, ImagingSettings
 from indexer.store.catalog import Catalog, ModelBinding, NewItem, catalog_url
 from indexer.store.searcher import Searcher
 from indexer.store.series_search import SeriesQuery, SeriesSearcher
+from indexer.store.sync import SERIES_COMPRESSION
 from indexer.store.vector_index import build_index, search
 
 # Loaded at run time so that mypy checks this file, not them (pyproject's mypy covers the
@@ -195,7 +196,7 @@ def index_search(args: argparse.Namespace) -> dict[str, Any]:
     ids = np.arange(1, n + 1, dtype=np.int64)  # catalog ids start at 1
     log("1. build_index (as _series_full calls it)")
     started = time.perf_counter()
-    built = build_index(ids, x)
+    built = build_index(ids, x, compress=SERIES_COMPRESSION)
     build_s = time.perf_counter() - started
     exact = build_index(ids, x, kind="flat")
     truth = np.stack(search(exact.index, queries, K)[1])

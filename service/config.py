@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.imaging.burned_in import ThumbnailPolicy
 from indexer.settings import CatalogSettings, CatalogUrl, EncoderSettings, ImagingSettings
+from indexer.store.rerank_store import RerankSource
 
 if TYPE_CHECKING:
     from indexer.sources.dicomweb_client import DicomWebSettings
@@ -115,6 +116,12 @@ class ServiceSettings(BaseSettings):
         "out, else no thumbnail), all, or none (no thumbnails)",
     )
     index_poll_s: float = Field(default=2.0, gt=0, description="check for new index versions")
+    rerank_store: RerankSource = Field(
+        default="memory",
+        description="where a compressed index's candidates get their float32 vectors for "
+        "exact re-ranking: memory (4 bytes x dim per item, filled in the background at "
+        "start) or catalog (a database read per query)",
+    )
     # PACS and viewer
     pacs_url: str | None = Field(
         default=None,

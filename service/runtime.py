@@ -48,7 +48,7 @@ class Runtime:
         # the next start, never half-way (new versions of *this* index are picked up live)
         index_dir = settings.index_dir.resolve()
         self.catalog = Catalog.open(catalog_url(index_dir, engine.catalog), upgrade=False)
-        self.searcher = Searcher(index_dir, self.catalog)
+        self.searcher = Searcher(index_dir, self.catalog, rerank=settings.rerank_store)
         self.searcher.check_model(self.encoder.fingerprint)
         self.series = SeriesSearcher(self.searcher)
         self.qc_reference = ReferenceCache()  # POST /v1/qc: outlier scores per version

@@ -199,3 +199,5 @@ class Health(BaseModel):
     items: int | None = None
     model_fingerprint: str | None = None
     thumbnail_policy: str | None = None  # safe | all | none (MEDSEARCH_THUMBNAIL_POLICY)
+    rerank_store: str | None = None  # memory | catalog (MEDSEARCH_RERANK_STORE)
+    rerank_vectors_held: int | None = None  # float32 vectors in memory for re-ranking

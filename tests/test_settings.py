@@ -266,6 +266,7 @@ SERVE_ENV = {
     "MEDSEARCH_THUMBNAIL_CACHE_SIZE": "0",
     "MEDSEARCH_THUMBNAIL_POLICY": "all",
     "MEDSEARCH_INDEX_POLL_S": "0.5",
+    "MEDSEARCH_RERANK_STORE": "catalog",
     "MEDSEARCH_PACS_URL": "<pacs>",
     "MEDSEARCH_WADO_BASE_URL": "http://wado.test/dicom-web",
     "MEDSEARCH_VIEWER_URL_TEMPLATE": "http://viewer.test/?study={study_uid}&series={series_uid}",
@@ -415,6 +416,8 @@ def test_serve_reads_index_model_catalog_host_port_and_keys(service: Service) ->
     ready = httpx.get(service.base + "/readyz", headers=service.auth, timeout=5).json()
     assert ready["items"] == 3  # the index and its catalog elsewhere
     assert ready["thumbnail_policy"] == "all"  # MEDSEARCH_THUMBNAIL_POLICY
+    assert ready["rerank_store"] == "catalog"  # MEDSEARCH_RERANK_STORE
+    assert ready["rerank_vectors_held"] == 0
 
 
 def test_serve_allows_the_viewer_origin(service: Service) -> None:
@@ -670,6 +673,7 @@ REFUSALS = [
     serve_case("MEDSEARCH_THUMBNAIL_POLICY", "hide"),
     Refusal("MEDSEARCH_THUMBNAIL_POLICY", "hide", "index stats"),
     serve_case("MEDSEARCH_INDEX_POLL_S", "0"),
+    serve_case("MEDSEARCH_RERANK_STORE", "disk"),
     Refusal("MEDSEARCH_PACS_URL", "not a url", "serve, no index"),
     Refusal("MEDSEARCH_WADO_BASE_URL", "not a url", "serve, no index"),
     serve_case("MEDSEARCH_VIEWER_URL_TEMPLATE", "http://viewer.test/{patient}", alone=True),

@@ -38,7 +38,7 @@ import faiss
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from indexer.errors import IndexCorruptError, IndexMissingError, ModelMismatchError
-from indexer.store.vector_index import BuildFacts, BuiltIndex
+from indexer.store.vector_index import BuildFacts, BuiltIndex, ready
 
 logger = logging.getLogger(__name__)
 
@@ -379,4 +379,4 @@ class IndexStore:
             digest.update(f.read())  # anything FAISS did not consume counts too
             if digest.hexdigest() != entry.sha256:
                 raise IndexCorruptError(f"{bad} fails its sha256 check; {REBUILD_HINT}")
-        return index
+        return ready(index)

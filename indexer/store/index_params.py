@@ -10,8 +10,15 @@ The numbers follow the FAISS wiki, "Guidelines to choose an index":
   (``max_points_per_centroid``);
 - ``nprobe`` is not derived from a rule but measured: the smallest value that reaches the
   target recall on the collection itself (see :mod:`indexer.store.vector_index`);
-- memory-saving variants: ``SQ8`` (1 byte per dimension) and ``PQm`` (``m`` bytes per
-  vector with 8-bit codes), both re-ranked exactly from the catalog's float32 vectors.
+- compressed codes: ``SQ8`` (1 byte per dimension, the default) and ``PQm`` (``m`` bytes
+  per vector with 8-bit codes), both re-ranked exactly with the float32 vectors (the
+  searcher keeps them in memory, :mod:`indexer.store.rerank_store`). SQ8 is the default
+  because it was the fastest index at recall@10 >= 0.95 in ``benchmarks/bench_search.py``
+  (it reads a quarter of the bytes that ``IVFFlat`` reads per probed list; the exact
+  re-rank of 2k candidates costs microseconds);
+- an HNSW coarse quantizer once there are many lists (:data:`HNSW_QUANTIZER_FROM`): a flat
+  quantizer compares the query with every centroid, which at 16k+ lists of 1024-d costs
+  more than scanning the probed lists.
 """
 
 from __future__ import annotations
@@ -21,6 +28,15 @@ from typing import Literal
 
 IndexKind = Literal["flat", "ivf_flat", "ivf_sq8", "ivf_pq"]
 Compression = Literal["none", "sq8", "pq"]
+
+#: The compression of a new index once it outgrows exact search (``--compress`` changes it).
+DEFAULT_COMPRESSION: Compression = "sq8"
+#: From this many IVF lists on, the coarse quantizer is an HNSW graph over the centroids
+#: (trained with exact k-means first); below it, a flat scan of the centroids is as fast.
+HNSW_QUANTIZER_FROM = 8192
+#: HNSW quantizer: neighbours per node, and the search breadth per probed list.
+HNSW_M = 32
+HNSW_EF_PER_PROBE = 2
 
 #: Below this many vectors the index is exact (``IndexFlatIP``).
 EXACT_BELOW = 20_000
@@ -44,7 +60,7 @@ _KIND_OF_COMPRESSION: dict[Compression, IndexKind] = {
 
 
 def choose_kind(
-    n: int, *, exact_below: int = EXACT_BELOW, compress: Compression = "none"
+    n: int, *, exact_below: int = EXACT_BELOW, compress: Compression = DEFAULT_COMPRESSION
 ) -> IndexKind:
     """The index type for ``n`` vectors.
 
@@ -146,3 +162,8 @@ def pq_m(dim: int) -> int:
         if dim % sub == 0:
             return dim // sub
     return 1  # pragma: no cover - the loop ends at sub == dim
+
+
+def uses_hnsw_quantizer(nlist: int, *, hnsw_from: int = HNSW_QUANTIZER_FROM) -> bool:
+    """Whether an IVF with ``nlist`` lists gets an HNSW coarse quantizer."""
+    return nlist >= hnsw_from

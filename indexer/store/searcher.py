@@ -4,6 +4,10 @@ Used by ``medsearch index search`` and by the query service. Filters are resolve
 catalog ids and applied inside the FAISS search with an id selector. Results are ordered
 by score, then id. :meth:`Searcher.reload_if_changed` switches to a newly published
 version; a search in flight keeps the index object it started with.
+
+A compressed index's candidates are re-ranked with float32 vectors held in memory
+(``rerank="memory"``, the service's default: :mod:`indexer.store.rerank_store`) or read
+from the catalog per query (``rerank="catalog"``: one-off CLI searches, small memory).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from indexer.store.catalog import Catalog, ModelBinding
 from indexer.store.filters import Filters
 from indexer.store.index_files import LoadedIndex
 from indexer.store.records import ItemRecord
+from indexer.store.rerank_store import RerankSource, RerankStore, catalog_vectors
 from indexer.store.sync import index_store
 from indexer.store.vector_index import rerank, search
 
@@ -36,9 +41,12 @@ class Hit:
 
 
 class Searcher:
-    def __init__(self, index_dir: Path, catalog: Catalog) -> None:
+    def __init__(
+        self, index_dir: Path, catalog: Catalog, *, rerank: RerankSource = "catalog"
+    ) -> None:
         self.index_dir = index_dir
         self.catalog = catalog
+        self.rerank = rerank
         self._store = index_store(index_dir)
         self._lock = threading.Lock()
         self._loaded: LoadedIndex = self._store.load()
@@ -47,6 +55,16 @@ class Searcher:
         if binding is None:
             raise CatalogError("the catalog has no model bound: build the index first")
         self.binding: ModelBinding = binding
+        self.rerank_store: RerankStore | None = None
+        self._start_rerank_store()
+
+    def _start_rerank_store(self) -> None:
+        """Fill (or top up) the in-memory re-rank vectors when this index needs them."""
+        if self.rerank != "memory" or not self._loaded.manifest.facts.needs_rerank:
+            return
+        if self.rerank_store is None:
+            self.rerank_store = RerankStore(self.catalog, self.binding.embedding_dim)
+        self.rerank_store.start()
 
     @property
     def loaded(self) -> LoadedIndex:
@@ -67,12 +85,13 @@ class Searcher:
             loaded = self._store.load()
             self.catalog.check_index(loaded.manifest.catalog_id, self.index_dir)
             self._loaded = loaded  # one reference swap: searches in flight keep the old one
+            self._start_rerank_store()  # rows added since: read in the background
         logger.info("switched to index version %s", loaded.manifest.version)
         return True
 
     def _vectors(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        found = self.catalog.embeddings(int(i) for i in ids)
-        return np.stack([found[int(i)] for i in ids])
+        store = self.rerank_store
+        return store.vectors(ids) if store is not None else catalog_vectors(self.catalog, ids)
 
     def search(
         self,
@@ -103,7 +122,7 @@ class Searcher:
         for _ in range(MAX_TIE_ROUNDS):
             scores, ids = search(loaded.index, query, fetch, nprobe=nprobe, allowed_ids=allowed)
             found_scores, found_ids = scores[0], ids[0]
-            if facts.needs_rerank:  # compressed codes: exact scores from the catalog's vectors
+            if facts.needs_rerank:  # compressed codes: exact scores from the float32 vectors
                 found_scores, found_ids = rerank(query[0], found_ids, self._vectors, fetch)
             valid = [(float(s), int(i)) for s, i in zip(found_scores, found_ids, strict=True)]
             valid = [(s, i) for s, i in valid if i >= 0]

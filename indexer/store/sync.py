@@ -23,7 +23,12 @@ import numpy as np
 from indexer.errors import ModelMismatchError
 from indexer.store.catalog import Catalog, ModelBinding
 from indexer.store.index_files import IndexManifest, IndexStore, LoadedIndex, SeriesIndex
-from indexer.store.index_params import Compression, choose_kind, needs_retrain
+from indexer.store.index_params import (
+    DEFAULT_COMPRESSION,
+    Compression,
+    choose_kind,
+    needs_retrain,
+)
 from indexer.store.series import (
     POOLING,
     refresh_series,
@@ -53,6 +58,10 @@ def _all_vectors(catalog: Catalog, upto: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ids), np.concatenate(vecs)
 
 
+#: Series are searched without re-ranking (and are ~1/100 of the instances): float32 lists.
+SERIES_COMPRESSION: Compression = "none"
+
+
 def _extra(catalog: Catalog, binding: ModelBinding, high_water: int, count: int) -> dict[str, Any]:
     return {
         "catalog_id": catalog.catalog_id(),
@@ -68,7 +77,7 @@ def _extra(catalog: Catalog, binding: ModelBinding, high_water: int, count: int)
 def _series_full(catalog: Catalog, binding: ModelBinding) -> SeriesIndex:
     revision = series_revision(catalog)  # read first: a later change is taken next time
     ids, vectors = series_vectors(catalog, binding.embedding_dim)
-    built = build_index(ids, vectors)
+    built = build_index(ids, vectors, compress=SERIES_COMPRESSION)
     logger.info("built %s series index of %d series", built.facts.kind, len(ids))
     return SeriesIndex(built, POOLING, revision)
 
@@ -87,7 +96,7 @@ def _series_update(
         return None
     count = int(loaded.series.ntotal) + len(changes.updated_ids)  # at most
     facts: BuildFacts = published.facts
-    if choose_kind(count) != facts.kind or (
+    if choose_kind(count, compress=SERIES_COMPRESSION) != facts.kind or (
         facts.kind != "flat" and needs_retrain(count, facts.trained_on)
     ):
         return _series_full(catalog, binding)
@@ -97,7 +106,10 @@ def _series_update(
 
 
 def full_build(
-    catalog: Catalog, store: IndexStore, binding: ModelBinding, compress: Compression = "none"
+    catalog: Catalog,
+    store: IndexStore,
+    binding: ModelBinding,
+    compress: Compression = DEFAULT_COMPRESSION,
 ) -> IndexManifest:
     high_water = catalog.high_water()
     ids, vectors = _all_vectors(catalog, high_water)
@@ -135,7 +147,7 @@ def sync_index(
     store = index_store(index_dir)
     manifest = store.current()
     if compress is None:
-        compress = manifest.facts.compress if manifest is not None else "none"
+        compress = manifest.facts.compress if manifest is not None else DEFAULT_COMPRESSION
     elif manifest is not None and compress != manifest.facts.compress:
         rebuild = True
     n_active = catalog.count()

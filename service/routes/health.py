@@ -24,12 +24,15 @@ async def readyz(request: Request) -> Health:
     if runtime is None:
         raise ServiceError(503, "not ready", "the model or the index is not loaded")
     manifest = runtime.searcher.loaded.manifest
+    store = runtime.searcher.rerank_store
     return Health(
         status="ready",
         index_version=manifest.version,
         items=int(runtime.searcher.loaded.index.ntotal),
         model_fingerprint=runtime.encoder.fingerprint,
         thumbnail_policy=runtime.settings.thumbnail_policy.value,
+        rerank_store=runtime.settings.rerank_store,
+        rerank_vectors_held=store.size if store is not None else 0,
     )
 
 

@@ -5,6 +5,7 @@ the token still keeps pages in order without overlap; a filter that follows the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,26 @@ def test_pages_on_a_compressed_index_keep_order_and_never_overlap(
         assert order == sorted(order)  # the order continues across pages
         if filters:
             assert {h["metadata"]["modality"] for h in hits} == {"MR"}
+
+
+def test_rerank_vectors_are_held_in_memory_and_scores_stay_exact(
+    http: httpx.Client, compressed: Path
+) -> None:
+    """The service's default (MEDSEARCH_RERANK_STORE=memory) fills the float32 store in the
+    background; the scores it returns equal the exact cosine with the catalog's vectors."""
+    deadline = time.monotonic() + 60
+    while (ready := http.get("/readyz").json())["rerank_vectors_held"] < N:
+        assert time.monotonic() < deadline, ready
+        time.sleep(0.2)
+    assert ready["rerank_store"] == "memory" and ready["rerank_vectors_held"] == N
+    query = np.random.default_rng(5).standard_normal(32)
+    query /= np.linalg.norm(query)
+    response = http.post("/v1/search", json={"queries": [{"vector": query.tolist()}], "k": 10})
+    hits = response.json()["results"]
+    catalog = Catalog.open(catalog_url(compressed))
+    try:
+        stored = catalog.embeddings(h["id"] for h in hits)
+    finally:
+        catalog.close()
+    for hit in hits:
+        assert hit["score"] == pytest.approx(float(stored[hit["id"]] @ query), abs=1e-5)

@@ -19,6 +19,7 @@ from indexer.store.index_params import (
     nprobe_candidates,
     pq_m,
     training_size,
+    uses_hnsw_quantizer,
 )
 
 # choose_nlist's floor (4*sqrt(n)) and the 39-points cap meet here: n/39 == 4*sqrt(n)
@@ -34,8 +35,9 @@ def is_pow2(x: int) -> bool:
 def test_choose_kind_threshold() -> None:
     assert choose_kind(0) == "flat"
     assert choose_kind(EXACT_BELOW - 1) == "flat"
-    assert choose_kind(EXACT_BELOW) == "ivf_flat"
-    assert choose_kind(5, exact_below=5) == "ivf_flat"
+    assert choose_kind(EXACT_BELOW) == "ivf_sq8"  # the default: codes + exact re-ranking
+    assert choose_kind(5, exact_below=5) == "ivf_sq8"
+    assert choose_kind(EXACT_BELOW, compress="none") == "ivf_flat"
     assert choose_kind(4, exact_below=5, compress="pq") == "flat"  # exact wins when small
     assert choose_kind(10**6, compress="sq8") == "ivf_sq8"
     assert choose_kind(10**6, compress="pq") == "ivf_pq"
@@ -168,3 +170,9 @@ def test_pq_m_divides_dim(dim: int) -> None:
     m = pq_m(dim)
     assert dim % m == 0
     assert dim // m >= min(8, dim)  # at least 8 dimensions per sub-quantizer
+
+
+def test_hnsw_quantizer_only_for_many_lists() -> None:
+    assert not uses_hnsw_quantizer(choose_nlist(10**6))  # 4096 lists: a flat scan is cheap
+    assert uses_hnsw_quantizer(choose_nlist(10**7))  # 16384 lists
+    assert uses_hnsw_quantizer(64, hnsw_from=64) and not uses_hnsw_quantizer(63, hnsw_from=64)

@@ -49,20 +49,76 @@ def test_ivf_and_compressed_index_from_the_catalog(catalog: Catalog, tmp_path: P
     vectors = _clustered(EXACT_BELOW + 4000, seed=1)
     _fill(catalog, vectors, 0)
     manifest = sync_index(catalog, tmp_path, BINDING)
-    assert manifest["facts"]["kind"] == "ivf_flat"
+    assert manifest["facts"]["kind"] == "ivf_sq8"  # the default: codes + exact re-ranking
     assert manifest["facts"]["recall_at_10"] >= 0.95
-    searcher = Searcher(tmp_path, catalog)
+    searcher = Searcher(tmp_path, catalog, rerank="memory")
     rng = np.random.default_rng(2)
     for row in rng.choice(len(vectors), 20, replace=False):
         hits = searcher.search(vectors[row], 5)
         assert hits[0].id == row + 1  # catalog ids start at 1
-    manifest = sync_index(catalog, tmp_path, BINDING, rebuild=True, compress="sq8")
-    assert manifest["facts"]["kind"] == "ivf_sq8" and manifest["facts"]["recall_at_10"] >= 0.95
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5)  # exact, re-ranked
+    manifest = sync_index(catalog, tmp_path, BINDING, rebuild=True, compress="none")
+    assert manifest["facts"]["kind"] == "ivf_flat" and manifest["facts"]["recall_at_10"] >= 0.95
     assert searcher.reload_if_changed()
     for row in rng.choice(len(vectors), 20, replace=False):
         hits = searcher.search(vectors[row], 5)
         assert hits[0].id == row + 1
-        assert hits[0].score == pytest.approx(1.0, abs=1e-5)  # exact, re-ranked
+
+
+@pytest.mark.slow
+def test_rerank_store_in_memory_answers_as_the_catalog_does(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    """The same hits and scores whether candidates are re-ranked with vectors held in
+    memory or read from the catalog: before the store is filled, once it is, and for rows
+    added after it was filled (read from the catalog until the next version tops it up)."""
+    vectors = _clustered(EXACT_BELOW + 3000, seed=3)
+    _fill(catalog, vectors, 0)
+    sync_index(catalog, tmp_path, BINDING)
+    memory = Searcher(tmp_path, catalog, rerank="memory")
+    plain = Searcher(tmp_path, catalog)
+    assert plain.rerank_store is None and memory.rerank_store is not None
+    queries = _clustered(30, seed=4)
+
+    def same() -> None:
+        for q in queries:
+            a, b = memory.search(q, 10), plain.search(q, 10)
+            assert [(h.id, h.score) for h in a] == [(h.id, h.score) for h in b]
+
+    same()  # possibly while the background fill runs
+    store = memory.rerank_store
+    assert store.wait(60) and store.size == len(vectors)
+    same()
+    more = _clustered(500, seed=5)
+    _fill(catalog, more, len(vectors))
+    sync_index(catalog, tmp_path, BINDING)  # incremental: same IVF, new rows
+    assert memory.reload_if_changed() and plain.reload_if_changed()
+    store.wait(60)
+    assert store.size == len(vectors) + len(more) and store.fills == 2
+    for row in range(0, 500, 50):  # the new rows find themselves, with exact scores
+        hits = memory.search(more[row], 3)
+        assert hits[0].id == len(vectors) + row + 1
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    same()
+    ids = np.array([1, len(vectors) + 1], dtype=np.int64)
+    np.testing.assert_array_equal(store.vectors(ids), np.stack([vectors[0], more[0]]))
+
+
+def test_rerank_store_reads_missing_ids_from_the_catalog(catalog: Catalog) -> None:
+    from indexer.errors import CatalogError
+    from indexer.store.rerank_store import RerankStore
+
+    vectors = _clustered(300, seed=6)
+    _fill(catalog, vectors[:200], 0)
+    store = RerankStore(catalog, DIM)
+    assert store.fill() == 200 and store.size == 200
+    _fill(catalog, vectors[200:], 200)  # not held yet
+    got = store.vectors(np.array([250, 3, 201], dtype=np.int64))
+    np.testing.assert_array_equal(got, vectors[[249, 2, 200]])
+    assert store.fill() == 100 and store.size == 300  # grown past its first capacity
+    np.testing.assert_array_equal(store.vectors(np.arange(1, 301)), vectors)
+    with pytest.raises(CatalogError, match="no embedding"):
+        store.vectors(np.array([999], dtype=np.int64))
 
 
 def test_incremental_versions_while_a_reader_searches(catalog: Catalog, tmp_path: Path) -> None:

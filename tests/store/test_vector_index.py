@@ -56,7 +56,7 @@ def data() -> tuple[Ids, Vectors]:
 
 @pytest.fixture(scope="module")
 def ivf(data: tuple[Ids, Vectors]) -> BuiltIndex:
-    return build_index(*data, exact_below=EXACT_BELOW)
+    return build_index(*data, exact_below=EXACT_BELOW, compress="none")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_ivf_above_threshold(ivf: BuiltIndex) -> None:
 
 
 def test_build_is_deterministic(data: tuple[Ids, Vectors], ivf: BuiltIndex) -> None:
-    again = build_index(*data, exact_below=EXACT_BELOW)
+    again = build_index(*data, exact_below=EXACT_BELOW, compress="none")
     assert again.facts.model_dump(exclude={"build_seconds"}) == ivf.facts.model_dump(
         exclude={"build_seconds"}
     )
@@ -277,6 +277,41 @@ def test_compressed_with_rerank_reaches_target(compress: Any, data: tuple[Ids, V
     _, candidates = search(built.index, queries, 10 * facts.rerank_factor)
     found = [rerank(q, c, vectors_by_id, 10)[1] for q, c in zip(queries, candidates, strict=True)]
     assert recall(found, exact(ids, x, queries, 10)) >= 0.94
+
+
+def test_default_is_sq8_and_a_flat_index_keeps_it_for_later(
+    data: tuple[Ids, Vectors], flat: BuiltIndex
+) -> None:
+    ids, x = data
+    built = build_index(ids[:2000], x[:2000], exact_below=EXACT_BELOW)
+    assert built.facts.kind == "ivf_sq8" and built.facts.compress == "sq8"
+    assert built.facts.quantizer == "flat" and built.index.parallel_mode == 1
+    assert flat.facts.kind == "flat" and flat.facts.compress == "sq8"  # when it outgrows flat
+    explicit = build_index(ids[:2000], x[:2000], exact_below=EXACT_BELOW, compress="none")
+    assert explicit.facts.kind == "ivf_flat" and explicit.facts.compress == "none"
+
+
+def test_hnsw_quantizer_for_many_lists(tmp_path: Path, data: tuple[Ids, Vectors]) -> None:
+    """Past ``hnsw_quantizer_from`` lists the coarse quantizer is an HNSW graph: recall is
+    tuned as for a flat one, it survives publish and load, filters still work."""
+    ids, x = data
+    built = build_index(ids, x, exact_below=EXACT_BELOW, hnsw_quantizer_from=16)
+    assert built.facts.quantizer == "hnsw" and built.facts.nlist >= 16
+    assert isinstance(faiss.downcast_index(built.index.quantizer), faiss.IndexHNSWFlat)
+    assert built.facts.recall_at_10 >= 0.95
+    store = IndexStore(tmp_path)
+    store.publish(built, EXTRA)
+    loaded = store.load().index
+    assert isinstance(faiss.downcast_index(loaded.quantizer), faiss.IndexHNSWFlat)
+    assert loaded.parallel_mode == 1  # not stored by FAISS: set again at load
+    vectors_by_id = lookup(ids, x)
+    queries = clustered(300, seed=23)
+    _, candidates = search(loaded, queries, 10 * built.facts.rerank_factor)
+    found = [rerank(q, c, vectors_by_id, 10)[1] for q, c in zip(queries, candidates, strict=True)]
+    assert recall(found, exact(ids, x, queries, 10)) >= 0.94
+    allowed = ids[::5]
+    _, only = search(loaded, queries[:20], 10, allowed_ids=allowed)
+    assert all(np.isin(f, allowed).all() and len(f) == 10 for f in only)
 
 
 def test_rerank_orders_exactly() -> None:
