@@ -54,7 +54,12 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from indexer.store.index_params import choose_nlist, pq_m, training_size  # noqa: E402
+from indexer.store.index_params import (  # noqa: E402
+    choose_nlist,
+    pq_m,
+    training_size,
+    uses_hnsw_quantizer,
+)
 from indexer.store.vector_index import BuiltIndex, build_index, rerank, search  # noqa: E402
 
 Vectors = npt.NDArray[np.float32]
@@ -198,9 +203,10 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         built = build_index(ids, x, seed=args.seed, **kwargs)
         seconds = time.perf_counter() - start
         rows.append(measure(name, built, x, queries, truth, seconds))
-        if name == "default" and isinstance(built.index, faiss.IndexIVF):
+        if built.index.__class__ is not faiss.IndexIDMap2 and built.index.parallel_mode == 1:
             built.index.parallel_mode = 0  # FAISS's default: one thread per query
-            rows.append(measure("default, 1 thread/query", built, x, queries, truth, seconds))
+            label = f"{name}, 1 thread/query"
+            rows.append(measure(label, built, x, queries, truth, seconds))
         del built
     exact = rows[0]
     for row in rows:
@@ -235,6 +241,7 @@ def plan(results: list[dict[str, Any]], dim: int) -> list[str]:
     for big in (10_000_000, 100_000_000):
         nlist = choose_nlist(big)
         centroids = nlist * dim * 4
+        store = big * 4 * dim / 1e9  # the float32 re-rank vectors (memory or catalog)
         gb = {
             "ivf_flat": (big * (4 * dim + 8) + centroids) / 1e9,
             "ivf_sq8": (big * (dim + 8) + centroids) / 1e9,
@@ -249,17 +256,20 @@ def plan(results: list[dict[str, Any]], dim: int) -> list[str]:
             build = "n/a"
         p50 = default["p50_ms"] * math.sqrt(big / n)
         lines.append(
-            f"{big // 1_000_000}M x {dim}-d: nlist {nlist}; RAM ivf_flat {gb['ivf_flat']:.0f} GB, "
-            f"ivf_sq8 {gb['ivf_sq8']:.0f} GB, ivf_pq (m={m}) {gb['ivf_pq']:.1f} GB; "
-            f"build {build}; ivf_flat p50 >= ~{p50:.1f} ms"
+            f"{big // 1_000_000}M x {dim}-d: nlist {nlist} (HNSW quantizer: "
+            f"{'yes' if uses_hnsw_quantizer(nlist) else 'no'}); index RAM ivf_sq8 "
+            f"{gb['ivf_sq8']:.0f} GB (+ {store:.0f} GB float32 re-rank store in memory, or "
+            f"read from the catalog), ivf_flat {gb['ivf_flat']:.0f} GB, ivf_pq (m={m}) "
+            f"{gb['ivf_pq']:.1f} GB; build {build}; default p50 >= ~{p50:.1f} ms"
         )
     lines.append(
-        "10M: ivf_sq8 + exact re-rank of 2x candidates from the catalog on one host "
-        "(ivf_flat if RAM allows); train and add on a GPU (faiss-gpu), search on CPU."
+        "10M: ivf_sq8 (the default) with the re-rank store in memory if RAM allows (~51 GB "
+        "in all), else MEDSEARCH_RERANK_STORE=catalog (~10 GB); train and add on a GPU "
+        "(faiss-gpu): k-means over 16k lists is hours on this CPU."
     )
     lines.append(
-        "100M: ivf_pq + re-rank (8x candidates read from the catalog per query) on one host, "
-        "or ivf_sq8 sharded over hosts; an HNSW coarse quantizer once nlist >= 65k."
+        "100M: ivf_pq + re-rank from the catalog (8x candidates) on one host, or ivf_sq8 "
+        "sharded over hosts; HNSW coarse quantizer (from 8192 lists), GPU training."
     )
     return lines
 

@@ -19,7 +19,13 @@ import numpy.typing as npt
 from PIL import Image
 
 from indexer.encoders.manifest import Manifest, read_manifest, verify_files
-from indexer.encoders.preprocess import Recipe, builtin_test_image, normalise, prepare
+from indexer.encoders.preprocess import (
+    Recipe,
+    builtin_test_image,
+    manifest_recipe,
+    normalise,
+    prepare,
+)
 from indexer.encoders.sessions import CUDA, SessionOptions, create_session, run_session
 from indexer.encoders.tokenizer import ClipTokenizer
 from indexer.errors import ManifestError, SelfTestError, TextInputError
@@ -122,12 +128,7 @@ class Encoder:
         return self.manifest.logit_scale
 
     def recipe(self, name: str | None = None) -> Recipe:
-        name = name or self.manifest.preprocessing.default
-        spec = self.manifest.preprocessing.recipes.get(name)
-        if spec is None:
-            known = ", ".join(self.manifest.preprocessing.recipes)
-            raise ManifestError(f"recipe {name!r} is not defined for this model; known: {known}")
-        return Recipe(**spec.model_dump())
+        return manifest_recipe(self.manifest, name)
 
     # ---------------------------------------------------------------- embedding
 

@@ -32,13 +32,16 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from indexer.errors import ImageInputError
+from indexer.errors import ImageInputError, ManifestError
+
+if TYPE_CHECKING:
+    from indexer.encoders.manifest import Manifest
 
 RecipeName = Literal["reference", "azure"]
 RECIPES: tuple[RecipeName, ...] = ("reference", "azure")
@@ -223,3 +226,13 @@ def builtin_test_image() -> Image.Image:
     img[(yy - 120) ** 2 + (xx - 170) ** 2 < 55**2] = 235.0
     img[200:215, 30:280] = 10.0
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def manifest_recipe(manifest: Manifest, name: str | None = None) -> Recipe:
+    """The recipe ``name`` (default: the model's default) as the model's manifest defines it."""
+    name = name or manifest.preprocessing.default
+    spec = manifest.preprocessing.recipes.get(name)
+    if spec is None:
+        known = ", ".join(manifest.preprocessing.recipes)
+        raise ManifestError(f"recipe {name!r} is not defined for this model; known: {known}")
+    return Recipe(**spec.model_dump())

@@ -41,6 +41,7 @@ import logging
 import multiprocessing as mp
 import os
 import re
+import select
 import tempfile
 import threading
 import warnings
@@ -57,6 +58,7 @@ from indexer.encoders.preprocess import Recipe
 from indexer.imaging.burned_in import Region
 from indexer.imaging.decode import decode_bytes, decode_path
 from indexer.imaging.handover import SharedSlot, WorkerSlots, hand_over, slot_bytes
+from indexer.imaging.phash import warm_up
 from indexer.imaging.types import DecodeResult, FileInfo, Reason
 from indexer.settings import ImagingSettings
 
@@ -127,6 +129,7 @@ def _serve(conn: Connection, settings_json: str, salt: str | None, capture: str)
     if salt is not None:
         settings = settings.model_copy(update={"patient_hash_salt": SecretStr(salt)})
     _limit_memory(settings.decode_memory_mb)
+    warm_up()  # lazy imports now, while the parent loads its model
     slots = WorkerSlots()
     while True:
         try:
@@ -168,6 +171,7 @@ class DecoderWorker:
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
         self._conn: Connection | None = None
+        self._poller: select.poll | None = None  # waits on the pipe (one per process)
         self._served = 0  # jobs answered by the current process
         self._base_vm = 0  # its address space after its first job
         fd, self._capture = tempfile.mkstemp(prefix="medsearch-decoder-", suffix=".log")
@@ -192,6 +196,8 @@ class DecoderWorker:
         self._proc.start()
         child.close()
         self._conn = parent
+        self._poller = select.poll()  # reused: ``Connection.poll`` builds a selector per call
+        self._poller.register(parent.fileno(), select.POLLIN)
         self._served, self._base_vm = 0, 0
         return parent
 
@@ -202,7 +208,7 @@ class DecoderWorker:
             self._proc.join(timeout=5)
         if self._conn is not None:
             self._conn.close()
-        self._proc, self._conn = None, None
+        self._proc, self._conn, self._poller = None, None, None
 
     def _read_capture(self) -> list[str]:
         """What the worker wrote since the job was sent (usually nothing: one stat)."""
@@ -229,7 +235,7 @@ class DecoderWorker:
         try:
             slot = self._slot_for(job)
             conn.send((job, slot.name if slot is not None else None))
-            if conn.poll(self.settings.decode_timeout_s):
+            if self._answered(self.settings.decode_timeout_s):
                 message, layout, address_space = conn.recv()
                 result = slot.take(message, layout) if slot is not None else message
                 self._after_job(result, address_space)
@@ -251,6 +257,11 @@ class DecoderWorker:
         self._kill()
         self.restarts += 1
         return DecodeResult(file=info, reason=reason, detail=detail)
+
+    def _answered(self, timeout_s: float) -> bool:
+        """Whether the worker answered (or closed its end) within ``timeout_s``."""
+        assert self._poller is not None
+        return bool(self._poller.poll(timeout_s * 1000))
 
     def _slot_for(self, job: DecodeJob) -> SharedSlot | None:
         """This worker's shared-memory slot, sized for the job's model input."""

@@ -33,6 +33,12 @@ def phash(pixels: npt.NDArray[np.uint8]) -> str:
     return str(imagehash.phash(image))
 
 
+def warm_up() -> None:
+    """Hash a small blank image: ``imagehash`` imports SciPy's FFT (~0.1 s) on its first
+    pHash. A decoder process calls this as it starts, so its first job does not pay it."""
+    phash(np.zeros((REDUCED_SIDE, REDUCED_SIDE), dtype=np.uint8))
+
+
 def bits_apart(a: str, b: str) -> int:
     """Hamming distance of two hashes from :func:`phash`."""
     return int((int(a, 16) ^ int(b, 16)).bit_count())

@@ -13,6 +13,13 @@ the ones before it wait, so memory stays bounded on any archive (at most a few b
 480x480 inputs are in flight). Items complete out of order; the catalog is the truth, and
 a killed run loses only what was not committed (the next run reads it again).
 
+Items travel in small lists (up to :data:`CHUNK_ITEMS`, and fetched bytes up to
+:data:`CHUNK_BYTES` per list): each hand-off between threads costs a wake-up and a few
+lock operations in this process, which per item were a fifth of its CPU per image.
+What a source has listed never waits for a full list longer than :data:`CHUNK_WAIT_S`
+(a source that stalls between items: a PACS listing, a watched folder), and a decoder's
+results go on as a list when its list of jobs is done.
+
 Each stage reports its busy time (time in its own work, not waiting on a queue); with the
 number of threads it ran on, that gives its utilisation, and the busiest stage is the one
 that limits the build. Queue depths are sampled at every commit.
@@ -48,6 +55,9 @@ preparer thread whose worker has answered must get the GIL at once to hand the w
 next job; at 5 ms behind the embedder's normalisation, each decoder process idled ~5 ms a
 job (decoders ran at 60% of their rate in the benchmark)."""
 REORDER_BATCHES = 4  # items wait for a late one up to this many batches, then pass it
+CHUNK_ITEMS = 8  # items per hand-off between stages
+CHUNK_BYTES = 16 << 20  # fetched bytes (archive members, PACS instances) per hand-off
+CHUNK_WAIT_S = 0.05  # the reader hands on a partial list when its source was this slow
 Job = tuple[int, ReadItem, DecodeJob | DecodeResult]
 Encoded = tuple[list[Prepared], Embeddings]
 OnCommit = Callable[[list[Prepared], tuple[int, int, int]], None]
@@ -91,12 +101,17 @@ class StageStats:
             "limiting_stage": self.limiting_stage(),
             "wall_s": round(self.wall_s, 3),
             "steady_images_per_s": _round(self.steady_images_per_s()),
+            "first_commit_s": _round(self.commits[0][0]) if self.commits else None,
             "process_cpu_s": round(self.process_cpu_s, 3),
             "queue_depth": {
                 name: {"mean": round(float(np.mean(d)), 2) if d else 0.0, "max": max(d or [0])}
                 for name, d in self.depths.items()
             },
         }
+
+
+def _age(since: float) -> float:
+    return time.perf_counter() - since
 
 
 def _round(value: float | None) -> float | None:
@@ -189,9 +204,12 @@ def run_local(
     """Run the stages until ``items`` is exhausted and every batch is committed."""
     stop = threading.Event()
     batch = embedder.batch_size
-    reads: Channel[tuple[int, ReadItem]] = Channel("reads", 4 * io_threads, 1, stop)
-    jobs: Channel[Job] = Channel("jobs", 2 * len(preparers), io_threads, stop)
-    prepared: Channel[tuple[int, Prepared]] = Channel("prepared", 2 * batch, len(preparers), stop)
+    chunks = max(1, batch // CHUNK_ITEMS)
+    reads: Channel[list[tuple[int, ReadItem]]] = Channel("reads", 2 * io_threads, 1, stop)
+    jobs: Channel[list[Job]] = Channel("jobs", 2 * len(preparers), io_threads, stop)
+    prepared: Channel[list[tuple[int, Prepared]]] = Channel(
+        "prepared", 4 * chunks, len(preparers), stop
+    )
     encoded: Channel[Encoded] = Channel("encoded", 2, 1, stop)
     stats = StageStats(threads={"read": 1, "fetch": io_threads, "prepare": len(preparers)})
     stats.threads.update(embed=1, write=1)
@@ -204,26 +222,71 @@ def run_local(
 
     def read() -> None:
         source = iter(items)
-        for seq in itertools.count():
-            t = time.perf_counter()
-            item = next(source, None)
-            clock["read"] += time.perf_counter() - t
-            if item is None:
-                return
-            reads.put((seq, item))
+        chunk: list[tuple[int, ReadItem]] = []
+        chunk_lock = threading.Lock()  # the chunk is shared with the flusher
+        listed = threading.Event()
+        since = 0.0  # when the chunk got its first item
+
+        def flush_slow() -> None:
+            """A source that stalls (a PACS listing, a watched folder) must not hold back
+            what it has listed: a chunk older than CHUNK_WAIT_S goes on as it is."""
+            nonlocal chunk
+            try:
+                while not listed.wait(CHUNK_WAIT_S):
+                    with chunk_lock:
+                        late = chunk if chunk and _age(since) >= CHUNK_WAIT_S else []
+                        if late:
+                            chunk = []
+                    if late:
+                        reads.put(late)
+            except Stopped:
+                pass
+
+        flusher = threading.Thread(target=flush_slow, name="medsearch-read-flush", daemon=True)
+        flusher.start()
+        try:
+            for seq in itertools.count():
+                t = time.perf_counter()
+                item = next(source, None)
+                clock["read"] += time.perf_counter() - t
+                if item is None:
+                    break
+                with chunk_lock:
+                    if not chunk:
+                        since = time.perf_counter()
+                    chunk.append((seq, item))
+                    full = chunk if len(chunk) >= CHUNK_ITEMS else []
+                    if full:
+                        chunk = []
+                if full:
+                    reads.put(full)
+        finally:
+            listed.set()
+            flusher.join()
+        if chunk:
+            reads.put(chunk)
 
     def fetcher() -> None:
-        for seq, item in reads:
-            t = time.perf_counter()
-            job = fetch(item)
-            with lock:
-                clock["fetch"] += time.perf_counter() - t
-            jobs.put((seq, item, job))
+        for chunk in reads:
+            out: list[Job] = []
+            size = 0
+            for seq, item in chunk:
+                t = time.perf_counter()
+                job = fetch(item)
+                with lock:
+                    clock["fetch"] += time.perf_counter() - t
+                out.append((seq, item, job))
+                size += len(job.data or b"") if isinstance(job, DecodeJob) else 0
+                if size >= CHUNK_BYTES:  # bytes in flight stay bounded
+                    jobs.put(out)
+                    out, size = [], 0
+            if out:
+                jobs.put(out)
 
     def preparer(stage: Preparer) -> Callable[[], None]:
         def body() -> None:
-            for seq, item, job in jobs:
-                prepared.put((seq, stage(item, job)))
+            for chunk in jobs:
+                prepared.put([(seq, stage(item, job)) for seq, item, job in chunk])
 
         return body
 
@@ -233,12 +296,20 @@ def run_local(
         images = 0
         while True:
             got = prepared.get(timeout=FLUSH_S if pending or order.waiting else None)
-            ready = order.add(*got) if got is not None else order.drain(everything=prepared.ended)
+            if got is not None:
+                ready = [item for seq, one in got for item in order.add(seq, one)]
+            else:
+                ready = order.drain(everything=prepared.ended)
             for item in ready:
                 pending.append(item)
                 images += len(item.result.images) if item.result.ok else 0
-            full = images >= batch or len(pending) >= 4 * batch
-            if pending and (full or got is None):
+                if images >= batch or len(pending) >= 4 * batch:  # a full encoder run
+                    encoded.put((pending, embedder(pending)))
+                    pending, images = [], 0
+            # nothing else is waiting: the encoder would idle until a batch fills, so it
+            # runs what it has (while it runs, the next batch gathers: when the encoder is
+            # the slowest stage its batches are full, when it is not they need not be)
+            if pending and (got is None or prepared.depth() == 0):
                 encoded.put((pending, embedder(pending)))
                 pending, images = [], 0
             if got is None and prepared.ended and not order.waiting:

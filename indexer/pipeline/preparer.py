@@ -42,6 +42,11 @@ class Preparer:
         self.busy_s += time.perf_counter() - started
         return Prepared(read, result)
 
+    def wait_started(self) -> None:
+        """Return once the decoder process answers (it has imported its codecs): an empty
+        job, refused at once. The stages' clock then starts with every decoder ready."""
+        self._worker.decode(DecodeJob(data=b""))
+
     @property
     def restarts(self) -> int:
         return self._worker.restarts

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from indexer.encoders.manifest import read_manifest
-from indexer.encoders.preprocess import Recipe
-from indexer.errors import ManifestError, MedsearchError
+from indexer.encoders.preprocess import Recipe, manifest_recipe
+from indexer.errors import MedsearchError
 from indexer.imaging.types import RENDER_POLICY
 from indexer.pipeline.local import OnCommit, StageStats
 from indexer.pipeline.reader import ReadItem, fetch
@@ -84,13 +84,9 @@ def model_binding(model_dir: Path, recipe: str | None) -> tuple[ModelBinding, Re
     """The model's binding and recipe from its manifest alone: the driver loads no model
     (the encoder actors load and verify it where they run)."""
     manifest = read_manifest(model_dir)
-    name = recipe or manifest.preprocessing.default
-    spec = manifest.preprocessing.recipes.get(name)
-    if spec is None:
-        known = ", ".join(manifest.preprocessing.recipes)
-        raise ManifestError(f"recipe {name!r} is not defined for this model; known: {known}")
-    binding = ModelBinding(manifest.fingerprint, manifest.embedding_dim, name, RENDER_POLICY)
-    return binding, Recipe(**spec.model_dump())
+    chosen = manifest_recipe(manifest, recipe)
+    binding = ModelBinding(manifest.fingerprint, manifest.embedding_dim, chosen.name, RENDER_POLICY)
+    return binding, chosen
 
 
 _REFUSAL = re.compile(r"^indexer\.errors\.\w+: (.+)$", re.MULTILINE)

@@ -25,6 +25,8 @@ from typing import Any, Literal, Protocol
 from sqlalchemy.exc import OperationalError
 
 from indexer.encoders.encoder import Encoder
+from indexer.encoders.manifest import read_manifest
+from indexer.encoders.preprocess import manifest_recipe
 from indexer.errors import CatalogError, MedsearchError, VectorIndexError
 from indexer.imaging.types import RENDER_POLICY
 from indexer.pipeline.embedder import Embedder
@@ -174,44 +176,53 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
     if options.batch_size is not None:
         encoder_settings = encoder_settings.model_copy(update={"batch_size": options.batch_size})
     ray_engine: RayEngine | None = None
+    preparers: list[Preparer] = []
     if options.engine == "ray":  # the encoder actors load the model, not this process
         ray_engine = RayEngine(options, encoder_settings)
         binding = ray_engine.binding
     else:
-        loaded = encoder or Encoder.load(options.model_dir, encoder_settings)
+        # the decoder processes start first: they import their codecs while the model
+        # loads (~1 s each on 2 cores), so the first batch does not wait for them
+        manifest = encoder.manifest if encoder is not None else read_manifest(options.model_dir)
+        recipe = manifest_recipe(manifest, options.recipe)
+        preparers = [Preparer(options.imaging, recipe) for _ in range(options.workers)]
+        try:
+            loaded = encoder or Encoder.load(options.model_dir, encoder_settings)
+        except BaseException:
+            _close(preparers)
+            raise
         binding = binding_for(loaded, options.recipe)
-        recipe = loaded.recipe(binding.recipe)
-    sidecar = SidecarTable.load(options.sidecar, options.sidecar_key) if options.sidecar else None
-    catalog = open_catalog(options.index_dir)
     try:
-        catalog.bind_model(binding)
+        sidecar = None
+        if options.sidecar:
+            sidecar = SidecarTable.load(options.sidecar, options.sidecar_key)
+        catalog = open_catalog(options.index_dir)
     except BaseException:
-        catalog.close()
+        _close(preparers)
         raise
+    listing = options.listing
     try:
+        if options.prune and listing is not None:
+            raise MedsearchError("--prune applies to builds from sources")
+        catalog.bind_model(binding)
         series_sample = catalog.series_sample(options.series_sample)
+        total = None
+        if options.progress:
+            total = (
+                listing.count(catalog, options.retry)
+                if listing is not None
+                else count_items(options.sources, catalog, options.retry)
+            )
     except BaseException:
         catalog.close()
+        _close(preparers)
         raise
     run_id = catalog.start_run(options.command, list(options.sources))
     report = BuildReport(run_id=run_id)
-    listing = options.listing
-    if options.prune and listing is not None:
-        catalog.close()
-        raise MedsearchError("--prune applies to builds from sources")
     listings = Listings() if options.prune else None
-    total = None
-    if options.progress:
-        total = (
-            listing.count(catalog, options.retry)
-            if listing is not None
-            else count_items(options.sources, catalog, options.retry)
-        )
     status = "failed"
-    preparers: list[Preparer] = []
     embedder: Embedder | None = None
     if ray_engine is None:
-        preparers = [Preparer(options.imaging, recipe) for _ in range(options.workers)]
         embedder = Embedder(loaded, binding.recipe)
     try:
         if ray_engine is not None:
@@ -247,6 +258,8 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
                 report.stages = {**stats.to_dict(), "engine": "ray", "ray": ray_engine.facts}
             else:
                 assert embedder is not None
+                for preparer in preparers:  # started before the model loaded: ready by now
+                    preparer.wait_started()
                 stats = run_local(
                     items,
                     lambda read: fetch(read, options.imaging.max_file_bytes),
@@ -264,8 +277,7 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
         report.index = sync_index(catalog, options.index_dir, binding, rebuild=options.rebuild)
         status = "done"
     finally:
-        for preparer in preparers:
-            preparer.close()
+        _close(preparers)
         if ray_engine is not None:
             ray_engine.close()
         report.seconds = time.perf_counter() - started
@@ -273,6 +285,11 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
         write_report(options.index_dir, report)
         catalog.close()
     return report
+
+
+def _close(preparers: list[Preparer]) -> None:
+    for preparer in preparers:
+        preparer.close()
 
 
 def write_report(index_dir: Path, report: BuildReport) -> Path:

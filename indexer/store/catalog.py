@@ -14,11 +14,11 @@ import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, Table, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.errors import CatalogError, ModelMismatchError
@@ -241,9 +241,21 @@ class Catalog:
                     }
                 )
             ids: list[int] = []
-            if rows:  # one multi-row INSERT ... RETURNING, ids in the rows' order
-                insert_rows = insert(ItemRow).returning(ItemRow.id, sort_by_parameter_order=True)
-                ids = list(s.scalars(insert_rows, rows))
+            if rows:
+                # the driver's executemany, then the new ids in one SELECT (an ordered
+                # INSERT ... RETURNING ran one statement per row on SQLite)
+                s.execute(insert(ITEMS), _same_keys(rows))
+                new = [str(r["identity"]) for r in rows]
+                found = dict(
+                    s.execute(
+                        select(ItemRow.identity, ItemRow.id).where(
+                            ItemRow.identity.in_(new),
+                            ItemRow.model_fingerprint == binding.model_fingerprint,
+                            ItemRow.recipe == binding.recipe,
+                        )
+                    ).all()
+                )
+                ids = [int(found[identity]) for identity in new]
             indexed = {str(r["source_uri"]) for r in rows}
             _record_failures(s, run_id, [*failures, *duplicates], indexed)
             s.flush()
@@ -412,6 +424,16 @@ class Catalog:
             "runs": runs,
             "high_water": self.high_water(),
         }
+
+
+ITEMS = cast(Table, ItemRow.__table__)  # the table itself: Core inserts skip the ORM's
+
+
+def _same_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with one set of keys (an executemany takes its columns from the first row);
+    a column a row lacks is NULL, as it would be if left out."""
+    keys = set().union(*rows)
+    return [r if len(r) == len(keys) else {k: r.get(k) for k in keys} for r in rows]
 
 
 def _record_failures(

@@ -16,8 +16,8 @@ catalog id instead (a lookup is a binary search, a few microseconds).
   when it loads a new index version). A row committed late with a lower id than one
   already read (concurrent writers on PostgreSQL) is served from the catalog.
 - Memory: ``4 * dim`` bytes per active item (4 KB at 1024-d) on top of the index's codes
-  (~1.1 KB per vector for SQ8), grown by doubling. ``MEDSEARCH_RERANK_STORE=catalog``
-  keeps it off (re-rank from the catalog, as before).
+  (~1.1 KB per vector for SQ8), with up to 25% spare room for rows added later.
+  ``MEDSEARCH_RERANK_STORE=catalog`` keeps it off (re-rank from the catalog, as before).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 RerankSource = Literal["memory", "catalog"]
 Ids = npt.NDArray[np.int64]
 Vectors = npt.NDArray[np.float32]
-_GROWTH = 1.25  # spare capacity on the first fill, for rows added later
+_GROWTH = 1.25  # capacity grows by this factor (spare room for rows added later)
 
 
 class RerankStore:
@@ -103,7 +103,8 @@ class RerankStore:
         if rows <= self._ids.size:
             return
         first = self._ids.size == 0
-        wanted = max(rows, int(self._catalog.count() * _GROWTH) if first else 2 * self._ids.size)
+        planned = self._catalog.count() if first else self._ids.size
+        wanted = max(rows, int(planned * _GROWTH))
         n = self.size
         ids = np.zeros(wanted, np.int64)
         vectors = np.zeros((wanted, self._dim), np.float32)
