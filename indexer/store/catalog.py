@@ -244,7 +244,8 @@ class Catalog:
             if rows:
                 # the driver's executemany, then the new ids in one SELECT (an ordered
                 # INSERT ... RETURNING ran one statement per row on SQLite)
-                s.execute(insert(ITEMS), _same_keys(rows))
+                for same_keys in _by_keys(rows):  # an executemany takes one set of columns
+                    s.execute(insert(ITEMS), same_keys)
                 new = [str(r["identity"]) for r in rows]
                 found = dict(
                     s.execute(
@@ -429,11 +430,13 @@ class Catalog:
 ITEMS = cast(Table, ItemRow.__table__)  # the table itself: Core inserts skip the ORM's
 
 
-def _same_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with one set of keys (an executemany takes its columns from the first row);
-    a column a row lacks is NULL, as it would be if left out."""
-    keys = set().union(*rows)
-    return [r if len(r) == len(keys) else {k: r.get(k) for k in keys} for r in rows]
+def _by_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows grouped by their set of keys (usually one group): a column a row leaves out
+    keeps its default, as in a row-by-row insert."""
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(frozenset(row), []).append(row)
+    return list(groups.values())
 
 
 def _record_failures(
