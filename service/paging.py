@@ -5,8 +5,10 @@ it was issued for, the offset of the next page, the (score, id) of the last resu
 and a digest of the query it continues (the route and the request, less the token
 itself). Results are ordered by score, then id; a page holds only results after the last
 one shown (a keyset cursor), so pages never overlap, also on compressed indexes, whose
-re-ranked candidates grow with the depth asked for. (With ``group_by`` or ``collapse`` the
-groups are recomputed from the start and cut at the offset.) A token from another index
+re-ranked candidates grow with the depth asked for. With ``group_by`` or ``collapse`` the
+groups are recomputed from the candidates and cut the same way, by their best hit: a
+group shown before keeps that hit or a better one, so it never comes back (a re-ranked
+score does not depend on how many candidates came with it). A token from another index
 version is refused with 410 (the order may have changed: search again), a token used with
 another query with 422. Pages stop at ``MAX_DEPTH`` results: no token goes further.
 """

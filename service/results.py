@@ -64,25 +64,28 @@ class Links:
         return {"viewer_url": viewer, "wado_url": wado}
 
 
-def hits_model(
-    hits: Sequence[SearchHit], limit: int, group_by: GroupBy | None, links: Links | None = None
-) -> list[Hit]:
-    """The first ``limit`` hits ordered by score then id; with ``group_by``, the best hit
-    of each group."""
+def best_of_groups(hits: Sequence[SearchHit], group_by: GroupBy | None) -> list[SearchHit]:
+    """``hits`` ordered by score then id; with ``group_by``, only the best hit of each
+    study or series (an item without the UID is a group of its own)."""
     ordered = sorted(hits, key=lambda h: (-h.score, h.id))
-    if group_by is not None:
-        seen: set[str] = set()
-        kept = []
-        for hit in ordered:
-            uid = (
-                hit.item.study_instance_uid if group_by == "study" else hit.item.series_instance_uid
-            ) or f"item:{hit.id}"
-            if uid not in seen:
-                seen.add(uid)
-                kept.append(hit)
-        ordered = kept
+    if group_by is None:
+        return ordered
+    seen: set[str] = set()
+    kept = []
+    for hit in ordered:
+        uid = (
+            hit.item.study_instance_uid if group_by == "study" else hit.item.series_instance_uid
+        ) or f"item:{hit.id}"
+        if uid not in seen:
+            seen.add(uid)
+            kept.append(hit)
+    return kept
+
+
+def hits_model(hits: Sequence[SearchHit], links: Links | None = None) -> list[Hit]:
+    """The API's result objects of ``hits``, in their order."""
     links = links or Links()
     return [
         Hit(score=round(h.score, 6), **item_model(h.item).model_dump(), **links.of(h.item))
-        for h in ordered[:limit]
+        for h in hits
     ]

@@ -308,7 +308,10 @@ def rerank(
     vecs = np.asarray(vectors_by_id_fn(cand), dtype=np.float32)
     if vecs.shape != (cand.size, q.size):
         raise VectorIndexError(f"expected {cand.size} vectors of dim {q.size}, got {vecs.shape}")
-    scores = (vecs @ q).astype(np.float32)
+    # row by row, not one matrix product: BLAS rounds a row's dot product differently
+    # with the number of rows, and an item's score must not depend on how many candidates
+    # came with it (page cursors compare scores exactly)
+    scores = np.einsum("ij,j->i", vecs, q).astype(np.float32)
     best = _order(scores, cand)[:k]
     return scores[best], cand[best]
 

@@ -15,7 +15,7 @@ from indexer.store.searcher import Hit as SearchHit
 from service.deps import RuntimeDep
 from service.errors import ServiceError
 from service.paging import MAX_DEPTH, query_digest, read_page
-from service.results import hits_model
+from service.results import best_of_groups, hits_model
 from service.runtime import Runtime
 from service.schemas import (
     GroupBy,
@@ -50,13 +50,27 @@ async def run_search(
     wanted = page.offset + k + 1  # one more: is there a next page?
     fetch = wanted * 5 if options.group_by or options.collapse else wanted
     filters = filters or options.filters
-    grouped = bool(options.group_by or options.collapse)
 
-    def after_cursor(found: list[SearchHit]) -> list[SearchHit]:
-        if page.after is None or grouped:
-            return found
-        score, item = page.after
-        return [h for h in found if h.score < score or (h.score == score and h.id > item)]
+    def arrange(found: list[SearchHit]) -> tuple[list[SearchHit], dict[int, int]]:
+        """The results in order (near-duplicates folded, the best hit of each group) and,
+        on a later page, only those after the last one shown (a keyset cursor: with more
+        candidates a result shown before only stays or moves up, so it never comes back;
+        groups are cut the same way, by their best hit)."""
+        folded: dict[int, int] = {}
+        if options.collapse:  # near-duplicates among the candidates: the best of each group
+            kept = collapse(
+                [
+                    (h.id, h.item.phash, h.item.series_instance_uid, h.item.sop_instance_uid)
+                    for h in found
+                ]
+            )
+            folded = dict(kept)
+            found = [h for h in found if h.id in folded]
+        ordered = best_of_groups(found, options.group_by)
+        if page.after is not None:
+            score, last = page.after
+            ordered = [h for h in ordered if h.score < score or (h.score == score and h.id > last)]
+        return ordered, folded
 
     while True:
         hits = await rt.run(
@@ -65,31 +79,20 @@ async def run_search(
                 min_score=options.min_score,
             )
         )  # fmt: skip
-        # an approximate index may rank deeper candidates above the last one shown: fetch
-        # more until the page can be filled after it (or nothing more comes)
-        if len(after_cursor(hits)) > k or len(hits) < fetch or fetch >= MAX_FETCH:
+        ordered, folded = arrange(hits)
+        # an approximate index may rank deeper candidates above the last one shown, and
+        # groups take several hits each: fetch more until the page can be filled (or
+        # nothing more comes)
+        start = 0 if page.after is not None else page.offset
+        if len(ordered) > start + k or len(hits) < fetch or fetch >= MAX_FETCH:
             break
         fetch *= 2
     rt.metrics.search.observe(time.perf_counter() - started)
-    folded: dict[int, int] = {}
-    if options.collapse:  # near-duplicates among the candidates: the best of each group
-        kept = collapse(
-            [
-                (h.id, h.item.phash, h.item.series_instance_uid, h.item.sop_instance_uid)
-                for h in hits
-            ]
-        )
-        folded = dict(kept)
-        hits = [h for h in hits if h.id in folded]
-    start = page.offset
-    if page.after is not None and not grouped:  # keyset: only what follows the last shown
-        hits, start = after_cursor(hits), 0
-    ordered = hits_model(hits, start + k + 1, options.group_by, rt.links)
+    shown_hits = ordered[start : start + k]
+    shown = hits_model(shown_hits, rt.links)
     if options.collapse:
-        ordered = [h.model_copy(update={"duplicates": folded[h.id]}) for h in ordered]
-    shown = ordered[start : start + k]
-    raw = {h.id: h.score for h in hits}
-    final = (raw[shown[-1].id], shown[-1].id) if shown else None
+        shown = [h.model_copy(update={"duplicates": folded[h.id]}) for h in shown]
+    final = (shown_hits[-1].score, shown_hits[-1].id) if shown_hits else None
     return SearchResponse(
         results=shown,
         next_page_token=page.next_token(k, more=len(ordered) > start + k, last=final),

@@ -45,6 +45,7 @@ def compressed(tmp_path_factory: pytest.TempPathFactory) -> Path:
             fields = {
                 "format": "png", "width": 1, "height": 1, "sha256": f"{n:064d}", "size": 1,
                 "modality": "CT" if n % 2 else "MR",
+                "series_instance_uid": f"1.2.3.{n // 4}",  # 4 items a series
             }  # fmt: skip
             vector = (v / np.linalg.norm(v)).astype(np.float32)
             items.append(NewItem(f"sha256:{n}", f"file:///x/{n}.png", vector, fields))
@@ -96,6 +97,26 @@ def test_pages_on_a_compressed_index_keep_order_and_never_overlap(
         assert order == sorted(order)  # the order continues across pages
         if filters:
             assert {h["metadata"]["modality"] for h in hits} == {"MR"}
+
+
+@pytest.mark.parametrize("collapse", [False, True])
+def test_grouped_pages_on_a_compressed_index_never_repeat_a_series(
+    http: httpx.Client, collapse: bool
+) -> None:
+    """With ``group_by`` (and near-duplicate folding) each page's groups follow the last
+    group shown, by its best hit: deeper pages look at more candidates, yet no series
+    comes back and the order continues."""
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        query = rng.standard_normal(32).tolist()
+        body: dict[str, Any] = {"queries": [{"vector": query}], "k": 7, "group_by": "series"}
+        if collapse:
+            body["collapse"] = "near_duplicates"
+        hits = _pages(http, body, pages=15)
+        series = [h["series_instance_uid"] for h in hits]
+        assert len(series) == 105 and len(set(series)) == len(series)  # no repeats
+        order = [(-h["score"], h["id"]) for h in hits]
+        assert order == sorted(order)
 
 
 def test_rerank_vectors_are_held_in_memory_and_scores_stay_exact(
