@@ -34,7 +34,10 @@ class ReferenceCache:
         async with self._lock:
             found = self._done.get(key)
             if found is None:
-                found = await rt.run(reference_scores, loaded, rt.catalog, k)
+                vectors = rt.searcher.rerank_vectors  # held in memory when the service has them
+                found = await rt.run(
+                    lambda: reference_scores(loaded, rt.catalog, k, vectors_by_id=vectors)
+                )
                 self._done[key] = found
                 while len(self._done) > KEEP:
                     self._done.popitem(last=False)

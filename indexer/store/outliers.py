@@ -39,7 +39,7 @@ from indexer.errors import CatalogError
 from indexer.store.catalog import Catalog
 from indexer.store.filters import Filters
 from indexer.store.index_files import LoadedIndex
-from indexer.store.vector_index import rerank, search
+from indexer.store.vector_index import VectorsById, rerank, search
 
 Ids = npt.NDArray[np.int64]
 Scores = npt.NDArray[np.float64]
@@ -173,9 +173,12 @@ def reference_scores(
     *,
     sample: int = REFERENCE_SAMPLE,
     seed: int = 0,
+    vectors_by_id: VectorsById | None = None,
 ) -> Reference:
     """The scores of a seeded sample of at most ``sample`` of ``loaded``'s active items,
-    each searched in ``loaded`` (itself left out), as :func:`mean_distance` of its hits."""
+    each searched in ``loaded`` (itself left out), as :func:`mean_distance` of its hits.
+    A compressed index's candidates are re-ranked with ``vectors_by_id`` (the service's
+    in-memory re-rank vectors), else with vectors read from the catalog."""
     manifest = loaded.manifest
     active = catalog.filter_ids(Filters())
     active = active[active <= manifest.catalog_high_water]  # those in this version
@@ -188,10 +191,11 @@ def reference_scores(
     factor = manifest.facts.rerank_factor if manifest.facts.needs_rerank else 1
     fetch = (k + 1) * factor
     found_scores, found_ids = search(loaded.index, queries, fetch)
+    lookup = vectors_by_id or (lambda wanted: _embeddings(catalog, [int(i) for i in wanted]))
     scores = np.empty(len(chosen), np.float64)
     for row, item_id in enumerate(chosen):
         sims, ids = found_scores[row], found_ids[row]
-        if factor > 1:  # compressed codes: exact cosines from the catalog's vectors
-            sims, ids = rerank(queries[row], ids, lambda w: _embeddings(catalog, list(w)), fetch)
+        if factor > 1:  # compressed codes: exact cosines from the float32 vectors
+            sims, ids = rerank(queries[row], ids, lookup, fetch)
         scores[row] = mean_distance(_drop_self(sims, ids, item_id, k))
     return Reference(manifest.version, k, items, np.sort(scores))

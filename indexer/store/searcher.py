@@ -89,7 +89,8 @@ class Searcher:
         logger.info("switched to index version %s", loaded.manifest.version)
         return True
 
-    def _vectors(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    def rerank_vectors(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """The float32 vectors of ``ids`` for exact re-ranking (held in memory or read)."""
         store = self.rerank_store
         return store.vectors(ids) if store is not None else catalog_vectors(self.catalog, ids)
 
@@ -123,7 +124,7 @@ class Searcher:
             scores, ids = search(loaded.index, query, fetch, nprobe=nprobe, allowed_ids=allowed)
             found_scores, found_ids = scores[0], ids[0]
             if facts.needs_rerank:  # compressed codes: exact scores from the float32 vectors
-                found_scores, found_ids = rerank(query[0], found_ids, self._vectors, fetch)
+                found_scores, found_ids = rerank(query[0], found_ids, self.rerank_vectors, fetch)
             valid = [(float(s), int(i)) for s, i in zip(found_scores, found_ids, strict=True)]
             valid = [(s, i) for s, i in valid if i >= 0]
             pairs = sorted(

@@ -89,6 +89,14 @@ def test_rerank_store_in_memory_answers_as_the_catalog_does(
     store = memory.rerank_store
     assert store.wait(60) and store.size == len(vectors)
     same()
+    # the QC reference (POST /v1/qc) re-ranks with the same vectors, wherever they come from
+    from indexer.store.outliers import reference_scores
+
+    held = reference_scores(
+        memory.loaded, catalog, 10, sample=200, vectors_by_id=memory.rerank_vectors
+    )
+    read = reference_scores(memory.loaded, catalog, 10, sample=200)
+    np.testing.assert_array_equal(held.scores, read.scores)
     more = _clustered(500, seed=5)
     _fill(catalog, more, len(vectors))
     sync_index(catalog, tmp_path, BINDING)  # incremental: same IVF, new rows
