@@ -27,34 +27,42 @@ pytestmark = pytest.mark.slow
 N = EXACT_BELOW + 2000  # an IVF, not an exact index
 
 
-@pytest.fixture(scope="module")
-def compressed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    index_dir = tmp_path_factory.mktemp("compressed")
+def build_compressed(index_dir: Path, url: str, n_items: int = N) -> None:
+    """A catalog at ``url`` of ``n_items`` clustered vectors of the test model's dimension
+    (4 items a series, CT and MR alternating) and its default index, IVF-SQ8."""
     manifest = read_manifest(TEST_MODEL)
     dim = manifest.embedding_dim
     binding = ModelBinding(manifest.fingerprint, dim, manifest.preprocessing.default, RENDER_POLICY)
-    catalog = Catalog.open(catalog_url(index_dir))
-    catalog.bind_model(binding)
-    rng = np.random.default_rng(7)
-    centres = rng.standard_normal((50, dim))
-    run = catalog.start_run("build", [])
-    for start in range(0, N, 2000):
-        items = []
-        for n in range(start, min(start + 2000, N)):
-            v = centres[n % 50] + 0.4 * rng.standard_normal(dim)
-            fields = {
-                "format": "png", "width": 1, "height": 1, "sha256": f"{n:064d}", "size": 1,
-                "modality": "CT" if n % 2 else "MR",
-                "series_instance_uid": f"1.2.3.{n // 4}",  # 4 items a series
-            }  # fmt: skip
-            vector = (v / np.linalg.norm(v)).astype(np.float32)
-            items.append(NewItem(f"sha256:{n}", f"file:///x/{n}.png", vector, fields))
-        catalog.add_batch(run, items, [])
-    sync_index(catalog, index_dir, binding, compress="sq8")
-    catalog.close()
+    catalog = Catalog.open(url)
+    try:
+        catalog.bind_model(binding)
+        rng = np.random.default_rng(7)
+        centres = rng.standard_normal((50, dim))
+        run = catalog.start_run("build", [])
+        for start in range(0, n_items, 2000):
+            items = []
+            for n in range(start, min(start + 2000, n_items)):
+                v = centres[n % 50] + 0.4 * rng.standard_normal(dim)
+                fields = {
+                    "format": "png", "width": 1, "height": 1, "sha256": f"{n:064d}", "size": 1,
+                    "modality": "CT" if n % 2 else "MR",
+                    "series_instance_uid": f"1.2.3.{n // 4}",  # 4 items a series
+                }  # fmt: skip
+                vector = (v / np.linalg.norm(v)).astype(np.float32)
+                items.append(NewItem(f"sha256:{n}", f"file:///x/{n}.png", vector, fields))
+            catalog.add_batch(run, items, [])
+        sync_index(catalog, index_dir, binding)  # the default: IVF-SQ8 above EXACT_BELOW
+    finally:
+        catalog.close()
     manifest_now = index_store(index_dir).current()
     assert manifest_now is not None and manifest_now.facts.kind == "ivf_sq8"
     assert manifest_now.facts.needs_rerank
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    index_dir = tmp_path_factory.mktemp("compressed")
+    build_compressed(index_dir, catalog_url(index_dir))
     return index_dir
 
 
@@ -106,6 +114,10 @@ def test_grouped_pages_on_a_compressed_index_never_repeat_a_series(
     """With ``group_by`` (and near-duplicate folding) each page's groups follow the last
     group shown, by its best hit: deeper pages look at more candidates, yet no series
     comes back and the order continues."""
+    check_grouped_pages(http, collapse)
+
+
+def check_grouped_pages(http: httpx.Client, collapse: bool) -> None:
     rng = np.random.default_rng(3)
     for _ in range(2):
         query = rng.standard_normal(32).tolist()
@@ -124,16 +136,20 @@ def test_rerank_vectors_are_held_in_memory_and_scores_stay_exact(
 ) -> None:
     """The service's default (MEDSEARCH_RERANK_STORE=memory) fills the float32 store in the
     background; the scores it returns equal the exact cosine with the catalog's vectors."""
+    check_rerank_store(http, catalog_url(compressed))
+
+
+def check_rerank_store(http: httpx.Client, url: str) -> None:
     deadline = time.monotonic() + 60
-    while (ready := http.get("/readyz").json())["rerank_vectors_held"] < N:
+    while (ready := http.get("/readyz").json())["rerank_vectors_held"] < ready["items"]:
         assert time.monotonic() < deadline, ready
         time.sleep(0.2)
-    assert ready["rerank_store"] == "memory" and ready["rerank_vectors_held"] == N
+    assert ready["rerank_store"] == "memory" and ready["rerank_vectors_held"] == ready["items"]
     query = np.random.default_rng(5).standard_normal(32)
     query /= np.linalg.norm(query)
     response = http.post("/v1/search", json={"queries": [{"vector": query.tolist()}], "k": 10})
     hits = response.json()["results"]
-    catalog = Catalog.open(catalog_url(compressed))
+    catalog = Catalog.open(url)
     try:
         stored = catalog.embeddings(h["id"] for h in hits)
     finally:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from alembic import command
 from fastapi.testclient import TestClient
@@ -22,12 +23,19 @@ from indexer.imaging import decode_path
 from indexer.pipeline.runner import BuildReport, open_catalog, run_build
 from indexer.settings import ImagingSettings
 from indexer.store import db
+from indexer.store.index_params import EXACT_BELOW
 from indexer.store.models import ItemRow
 from indexer.store.searcher import Searcher
 from indexer.store.verify import verify
 from service.app import create_app
 from tests.pipeline.conftest import corpus_dir, options
 from tests.service.conftest import settings_for
+from tests.service.live import serve
+from tests.service.test_paging_compressed import (
+    build_compressed,
+    check_grouped_pages,
+    check_rerank_store,
+)
 from tests.store.postgres import PASSWORD, postgres
 
 pytestmark = pytest.mark.slow
@@ -123,3 +131,19 @@ def test_build_on_postgres_matches_the_sqlite_build(
         item = client.get(f"/v1/items/{first['id']}")
         assert item.status_code == 200
         assert item.json()["source_uri"] == first["source_uri"]
+
+
+def test_compressed_index_on_postgres_pages_and_holds_rerank_vectors(tmp_path: Path) -> None:
+    """The default index (IVF-SQ8) over a PostgreSQL catalog, served: the re-rank vectors
+    are read from the server into memory, grouped pages never repeat a series, scores
+    stay exact. A server of its own: this catalog is not the corpus build's."""
+    with postgres() as url:
+        index_dir = tmp_path / "index"
+        index_dir.mkdir()
+        build_compressed(index_dir, url, n_items=EXACT_BELOW + 1000)
+        with (
+            serve(create_app(settings_for(index_dir, catalog_url=url))) as base,
+            httpx.Client(base_url=base, timeout=60) as client,
+        ):
+            check_rerank_store(client, url)
+            check_grouped_pages(client, collapse=False)
