@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from indexer.cli.options import IndexOpt, ModelOpt
-from indexer.errors import MedsearchError, SourceError
+from indexer.errors import SourceError
 
 MAX_PROMPTS = 1000
 
@@ -106,9 +106,7 @@ def label(
     table = read_prompts(prompts)
     catalog = open_catalog(index, create=False)
     try:
-        binding = catalog.binding()
-        if binding is None:
-            raise MedsearchError("this index is empty")
+        binding = catalog.required_binding()
         encoder = index_encoder(model, binding)
         names, vectors = prompt_label_vectors(encoder, table)
         scale = encoder.logit_scale

@@ -166,7 +166,6 @@ def run_retrieval(
 def run_zero_shot(index: Path, label: str, prompts_csv: Path, model: Path) -> ZeroShotReport:
     from indexer.cli.curate import read_prompts
     from indexer.encoders.zero_shot import index_encoder, prompt_label_vectors
-    from indexer.errors import CatalogError
     from indexer.eval.dataset import load_labelled
     from indexer.eval.zero_shot import ZeroShotReport, evaluate_zero_shot
     from indexer.pipeline.runner import open_catalog
@@ -175,9 +174,7 @@ def run_zero_shot(index: Path, label: str, prompts_csv: Path, model: Path) -> Ze
     prompts = read_prompts(prompts_csv)
     catalog = open_catalog(index, read_only=True)
     try:
-        binding = catalog.binding()
-        if binding is None:
-            raise CatalogError("this index is empty")
+        binding = catalog.required_binding()
         data = load_labelled(catalog, label)
     finally:
         catalog.close()

@@ -13,7 +13,6 @@ import typer
 
 from indexer.cli import build, curate, duplicates, reembed, watch
 from indexer.cli.options import IndexOpt, ModelOpt
-from indexer.errors import MedsearchError
 
 if TYPE_CHECKING:
     from indexer.store.catalog import Catalog
@@ -53,10 +52,7 @@ def remove(
     catalog = open_catalog(index, create=False)
     try:
         removed = catalog.remove(uids=uid or [], source_prefix=source_prefix)
-        binding = catalog.binding()
-        if binding is None:
-            raise MedsearchError("this index is empty")
-        manifest = sync_index(catalog, index, binding)
+        manifest = sync_index(catalog, index, catalog.required_binding())
     finally:
         catalog.close()
     typer.echo(f"removed {removed}; index {manifest['version']} holds {manifest['count']}")
@@ -76,9 +72,7 @@ def rebuild(
 
     catalog = open_catalog(index, create=False)
     try:
-        binding = catalog.binding()
-        if binding is None:
-            raise MedsearchError("this index has no catalog rows to rebuild from")
+        binding = catalog.required_binding()
         if compress not in (None, "none", "sq8", "pq"):
             raise typer.BadParameter("--compress must be none, sq8 or pq")
         manifest = sync_index(

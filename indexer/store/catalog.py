@@ -100,6 +100,13 @@ class Catalog:
                 info.model_fingerprint, info.embedding_dim, info.recipe, info.render_policy
             )
 
+    def required_binding(self) -> ModelBinding:
+        """:meth:`binding`, refusing a catalog that has none (nothing built yet)."""
+        binding = self.binding()
+        if binding is None:
+            raise CatalogError("this index is empty: no model is bound (build it first)")
+        return binding
+
     def catalog_id(self) -> str | None:
         """This catalog's random id (set when a model is first bound)."""
         with self.session() as s:
@@ -367,6 +374,17 @@ class Catalog:
             ).all()
         return {int(r[0]): np.frombuffer(r[1], dtype="<f4").astype(np.float32) for r in rows}
 
+    def embedding_matrix(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """The embeddings of ``ids`` as rows, in that order (read ``IN_CHUNK`` ids at a
+        time); an id without a row is an error."""
+        found: dict[int, npt.NDArray[np.float32]] = {}
+        for start in range(0, len(ids), IN_CHUNK):
+            found.update(self.embeddings(int(i) for i in ids[start : start + IN_CHUNK]))
+        absent = [int(i) for i in ids if int(i) not in found]
+        if absent:
+            raise CatalogError(f"no embedding in the catalog for ids {absent[:5]}")
+        return np.stack([found[int(i)] for i in ids])
+
     def items(self, ids: Iterable[int]) -> dict[int, ItemRecord]:
         wanted = list(ids)
         with self.session() as s:
@@ -427,6 +445,7 @@ class Catalog:
         }
 
 
+IN_CHUNK = 1000  # ids per SQL IN list
 ITEMS = cast(Table, ItemRow.__table__)  # the table itself: Core inserts skip the ORM's
 
 

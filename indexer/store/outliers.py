@@ -28,7 +28,6 @@ Two computations, for two uses:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -159,13 +158,6 @@ def rank_outliers(catalog: Catalog, k: int, top: int | None = None) -> list[Outl
     ]
 
 
-def _embeddings(catalog: Catalog, ids: Sequence[int]) -> npt.NDArray[np.float32]:
-    found: dict[int, npt.NDArray[np.float32]] = {}
-    for start in range(0, len(ids), CHUNK):
-        found.update(catalog.embeddings(ids[start : start + CHUNK]))
-    return np.stack([found[i] for i in ids])
-
-
 def reference_scores(
     loaded: LoadedIndex,
     catalog: Catalog,
@@ -187,11 +179,11 @@ def reference_scores(
     if items > sample:
         active = np.sort(np.random.default_rng(seed).choice(active, sample, replace=False))
     chosen = [int(i) for i in active]
-    queries = _embeddings(catalog, chosen)
+    queries = catalog.embedding_matrix(chosen)
     factor = manifest.facts.rerank_factor if manifest.facts.needs_rerank else 1
     fetch = (k + 1) * factor
     found_scores, found_ids = search(loaded.index, queries, fetch)
-    lookup = vectors_by_id or (lambda wanted: _embeddings(catalog, [int(i) for i in wanted]))
+    lookup = vectors_by_id or (lambda wanted: catalog.embedding_matrix(list(wanted)))
     scores = np.empty(len(chosen), np.float64)
     for row, item_id in enumerate(chosen):
         sims, ids = found_scores[row], found_ids[row]

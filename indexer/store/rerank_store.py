@@ -122,16 +122,5 @@ class RerankStore:
             hit = held_ids[pos] == want
             out[hit] = held[pos[hit]]
         if not hit.all():
-            missing = want[~hit]
-            found = self._catalog.embeddings(int(i) for i in missing)
-            absent = [int(i) for i in missing if int(i) not in found]
-            if absent:
-                raise CatalogError(f"no embedding in the catalog for ids {absent[:5]}")
-            out[~hit] = np.stack([found[int(i)] for i in missing])
+            out[~hit] = self._catalog.embedding_matrix(list(want[~hit]))
         return out
-
-
-def catalog_vectors(catalog: Catalog, ids: Ids) -> Vectors:
-    """The float32 vectors of ``ids`` read from the catalog, in that order."""
-    found = catalog.embeddings(int(i) for i in ids)
-    return np.stack([found[int(i)] for i in ids])

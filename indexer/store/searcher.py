@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from indexer.errors import CatalogError, ModelMismatchError
+from indexer.errors import ModelMismatchError
 from indexer.store.catalog import Catalog, ModelBinding
 from indexer.store.filters import Filters
 from indexer.store.index_files import LoadedIndex
 from indexer.store.records import ItemRecord
-from indexer.store.rerank_store import RerankSource, RerankStore, catalog_vectors
+from indexer.store.rerank_store import RerankSource, RerankStore
 from indexer.store.sync import index_store
 from indexer.store.vector_index import rerank, search
 
@@ -51,10 +51,7 @@ class Searcher:
         self._lock = threading.Lock()
         self._loaded: LoadedIndex = self._store.load()
         catalog.check_index(self._loaded.manifest.catalog_id, index_dir)
-        binding = catalog.binding()
-        if binding is None:
-            raise CatalogError("the catalog has no model bound: build the index first")
-        self.binding: ModelBinding = binding
+        self.binding: ModelBinding = catalog.required_binding()
         self.rerank_store: RerankStore | None = None
         self._start_rerank_store()
 
@@ -92,7 +89,7 @@ class Searcher:
     def rerank_vectors(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """The float32 vectors of ``ids`` for exact re-ranking (held in memory or read)."""
         store = self.rerank_store
-        return store.vectors(ids) if store is not None else catalog_vectors(self.catalog, ids)
+        return store.vectors(ids) if store is not None else self.catalog.embedding_matrix(list(ids))
 
     def search(
         self,
