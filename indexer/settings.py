@@ -83,6 +83,19 @@ class CatalogSettings(BaseSettings):
     )
 
 
+class ReembedSettings(BaseSettings):
+    """``index reembed``: where the catalog of ``--from`` lives when it is on a server
+    (``MEDSEARCH_CATALOG_URL`` is the new index's, as for every command)."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDSEARCH_", extra="ignore")
+
+    from_catalog_url: CatalogUrl = Field(
+        default=None,
+        description="SQLAlchemy URL of the --from index's catalog; default: catalog.sqlite3 "
+        "in the --from directory",
+    )
+
+
 class ImagingSettings(BaseSettings):
     """How input files are read: limits for untrusted bytes, frames, and the PHI policy."""
 

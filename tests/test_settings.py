@@ -36,7 +36,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from indexer.imaging.phi import patient_key
-from indexer.settings import CatalogSettings, EncoderSettings, ImagingSettings
+from indexer.settings import CatalogSettings, EncoderSettings, ImagingSettings, ReembedSettings
 from indexer.sources.dicomweb_client import DicomWebSettings
 from service.config import ServiceSettings
 from tests.service.live import free_port, http_server
@@ -48,6 +48,7 @@ TEST_MODEL = ROOT / "tests" / "data" / "test_model"
 CLASSES: tuple[type[BaseSettings], ...] = (
     EncoderSettings,
     CatalogSettings,
+    ReembedSettings,
     ImagingSettings,
     DicomWebSettings,
     ServiceSettings,
@@ -288,8 +289,10 @@ PREVIEW_LIMITS = [
     ("MEDSEARCH_MAX_FRAMES", "5", "emri_small.dcm", ["--all-frames"], "outside 1..5"),
 ]
 EMBED_ENV = {"MEDSEARCH_FRAMES": "all"}
+REEMBED_ENV = {"MEDSEARCH_FROM_CATALOG_URL": "sqlite:///<catalog>"}  # the built index's
 VALID_LAUNCHES: list[Mapping[str, str]] = [
     BUILD_ENV,
+    REEMBED_ENV,
     SERVE_ENV,
     OPEN_BIND_ENV,
     MODEL_INFO_ENV,
@@ -340,6 +343,24 @@ def test_build_uses_the_catalog_url_the_phi_policy_and_the_limits(
     }
     assert {r["patient_key"] for r in rows} == keys  # MEDSEARCH_PATIENT_HASH_SALT
     assert set(built.report["failed"]) == {"too large", "cannot read source"}  # MAX_FILE_BYTES
+
+
+def test_reembed_reads_the_old_catalog_where_the_variable_says(world: World, built: Built) -> None:
+    """The built index keeps its catalog outside (MEDSEARCH_CATALOG_URL at build time):
+    ``index reembed`` finds it by MEDSEARCH_FROM_CATALOG_URL; the new index's catalog is its
+    own file (no MEDSEARCH_CATALOG_URL)."""
+    new = world.tmp / "reembedded"
+    quick = {"MEDSEARCH_INTRA_OP_THREADS": "1"}
+    args = ["--index", str(new), "--model", str(TEST_MODEL), "--no-progress", "--workers", "1"]
+    run = medsearch(
+        "index", "reembed", "--from", str(world.index), *args,
+        env={**world.resolve(REEMBED_ENV), **quick},
+    )  # fmt: skip
+    assert run.returncode == 0, run.out
+    with sqlite3.connect(new / "catalog.sqlite3") as db:
+        got = {r[0] for r in db.execute("SELECT source_uri FROM items WHERE status = 'active'")}
+    assert got == {r["source_uri"] for r in _catalog_rows(world) if r["status"] == "active"}
+    assert len(got) == built.report["indexed"]
 
 
 def test_build_uses_the_dicomweb_credentials_paging_and_retries(built: Built) -> None:
@@ -540,6 +561,7 @@ ENTRIES: dict[str, tuple[type[BaseSettings], ...]] = {
     "embed --image": (EncoderSettings, ImagingSettings),
     "preview": (ImagingSettings,),
     "index stats": (CatalogSettings,),
+    "index reembed": (ReembedSettings,),
     "index build dicomweb": (DicomWebSettings,),
     "serve": (ServiceSettings,),
     "serve, no index": (ServiceSettings,),  # for values that might otherwise start a server
@@ -558,6 +580,11 @@ def entry_launch(entry: str, world: World, scratch: Path) -> tuple[list[str], di
         "embed --image": ("embed --model", [model, "--image", ct], {}),
         "preview": ("preview", [ct, "-o", str(scratch / "p.png")], {}),
         "index stats": ("index stats --index", [str(world.index)], {}),
+        "index reembed": (
+            "index reembed --no-progress --from",
+            [str(world.index), "--index", str(scratch / "new"), "--model", model],
+            quick,
+        ),
         "index build dicomweb": (
             "index build --no-progress",
             [pacs, "--index", str(scratch / "index"), "--model", model],
@@ -604,6 +631,10 @@ def dicomweb_case(name: str, value: str, **env: str) -> Refusal:
     return Refusal(name, value, "index build dicomweb", env=tuple(env.items()), group=group)
 
 
+def reembed_case(value: str) -> Refusal:
+    return Refusal("MEDSEARCH_FROM_CATALOG_URL", value, "index reembed")
+
+
 def serve_case(name: str, value: str, *, alone: bool = False) -> Refusal:
     """``alone``: not a field of ServiceSettings (not JSON, a rule across fields, another
     class, a path checked before the server starts)."""
@@ -623,6 +654,9 @@ REFUSALS = [
     Refusal("MEDSEARCH_CATALOG_URL", "sqlite:////nonexistent/catalog.sqlite3", "index stats"),
     Refusal("MEDSEARCH_CATALOG_URL", "postgresql+psycopg://u:SECRET@127.0.0.1:1/db", "index stats"),
     Refusal("MEDSEARCH_CATALOG_URL", "not a url SECRET", "index stats"),
+    reembed_case("not a url SECRET"),
+    reembed_case("sqlite:////nonexistent/catalog.sqlite3"),
+    reembed_case("postgresql+psycopg://u:SECRET@127.0.0.1:1/db"),
     imaging_case("MEDSEARCH_MAX_PIXELS", "0"),
     imaging_case("MEDSEARCH_MAX_FILE_BYTES", "0"),
     imaging_case("MEDSEARCH_MAX_FRAMES", "0"),
@@ -777,6 +811,7 @@ def test_secret_settings_are_marked_secret() -> None:
     assert secret == {
         "MEDSEARCH_API_KEYS",
         "MEDSEARCH_CATALOG_URL",
+        "MEDSEARCH_FROM_CATALOG_URL",
         "MEDSEARCH_PATIENT_HASH_SALT",
         "MEDSEARCH_DICOMWEB_PASSWORD",
         "MEDSEARCH_DICOMWEB_TOKEN",

@@ -20,6 +20,25 @@ FromOpt = Annotated[
 Recipe = Annotated[str | None, typer.Option(help="preprocessing recipe (default: the model's)")]
 
 
+def _from_url(from_: Path) -> str:
+    """The catalog of ``--from``: ``MEDSEARCH_FROM_CATALOG_URL``, else its SQLite file
+    (``MEDSEARCH_CATALOG_URL`` is the new index's, as for every command)."""
+    from indexer.settings import ReembedSettings
+    from indexer.store import db
+    from indexer.store.catalog import CATALOG_FILE
+
+    configured = ReembedSettings().from_catalog_url
+    if configured is not None:
+        return configured.get_secret_value()
+    own = from_ / CATALOG_FILE
+    if from_.is_dir() and not own.exists():
+        raise MedsearchError(
+            f"{from_} has no {CATALOG_FILE}: if its catalog is on a server, set "
+            "MEDSEARCH_FROM_CATALOG_URL to it (MEDSEARCH_CATALOG_URL is the new index's)"
+        )
+    return db.sqlite_url(own)
+
+
 def reembed(
     from_: FromOpt,
     index: IndexOpt,
@@ -48,7 +67,6 @@ def reembed(
     service to the new index when this is done (README: blue/green re-embedding)."""
     from indexer.pipeline.reembed import Reembed
     from indexer.pipeline.runner import open_catalog
-    from indexer.settings import CatalogSettings
 
     chosen = build.engine_options(
         engine, address=ray_address, encoders=encoders, gpus_per_encoder=gpus_per_encoder,
@@ -56,12 +74,9 @@ def reembed(
     )  # fmt: skip
     if from_.resolve() == index.resolve():
         raise typer.BadParameter("--index must be a new directory, not the one of --from")
-    if CatalogSettings().catalog_url is not None:
-        raise MedsearchError(
-            "reembed reads one catalog and writes another: with MEDSEARCH_CATALOG_URL set "
-            "both would be the same database; unset it (SQLite catalogs) to re-embed"
-        )
-    old = open_catalog(from_, read_only=True)
+    old = open_catalog(
+        from_, read_only=True, url=_from_url(from_), variable="MEDSEARCH_FROM_CATALOG_URL"
+    )
     try:
         listing = Reembed(old)
         build.run(

@@ -48,8 +48,8 @@ from indexer.imaging.guard import DecodeJob
 from indexer.imaging.types import DecodeResult
 from indexer.pipeline.channels import Channel, Stopped
 from indexer.pipeline.embedder import Embedder, Embeddings
+from indexer.pipeline.items import ReadItem
 from indexer.pipeline.preparer import Prepared, Preparer
-from indexer.pipeline.reader import ReadItem
 from indexer.pipeline.writer import Writer
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from indexer.encoders.preprocess import Recipe
 from indexer.imaging.guard import DecodeJob, DecoderWorker
 from indexer.imaging.types import DecodeResult
-from indexer.pipeline.reader import ReadItem
+from indexer.pipeline.items import ReadItem
 from indexer.settings import ImagingSettings
 
 

@@ -27,8 +27,8 @@ from ray.data.block import Block, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 from ray.util.queue import Empty, Full, Queue
 
+from indexer.pipeline.items import ReadItem
 from indexer.pipeline.ray_rows import JOB_COLUMNS, pack, to_block
-from indexer.pipeline.reader import ReadItem
 
 logger = logging.getLogger(__name__)
 

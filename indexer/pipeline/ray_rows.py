@@ -24,8 +24,8 @@ import pyarrow as pa  # type: ignore[import-untyped,import-not-found,unused-igno
 
 from indexer.imaging.guard import DecodeJob
 from indexer.imaging.types import DecodedImage, DecodeResult, FileInfo, ImageMetadata, Reason
+from indexer.pipeline.items import ReadItem
 from indexer.pipeline.preparer import Prepared
-from indexer.pipeline.reader import ReadItem
 
 BATCH = "batch"  # the one column of the Ray Data rows: a packed table
 Columns = dict[str, list[Any]]

@@ -41,6 +41,7 @@ from indexer.errors import MedsearchError, ModelMismatchError, ProviderError
 from indexer.imaging.guard import DecodeJob, DecoderWorker
 from indexer.imaging.types import DecodeResult, Reason
 from indexer.pipeline.embedder import Embedder
+from indexer.pipeline.items import ReadItem, fetch
 from indexer.pipeline.preparer import Prepared
 from indexer.pipeline.ray_rows import (
     DATA,
@@ -59,7 +60,6 @@ from indexer.pipeline.ray_rows import (
     to_block,
     unpack,
 )
-from indexer.pipeline.reader import ReadItem, fetch
 from indexer.settings import EncoderSettings, ImagingSettings
 from indexer.sources import SourceItem, open_uri
 

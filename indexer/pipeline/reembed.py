@@ -22,9 +22,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from indexer.errors import SourceError
+from indexer.errors import CatalogError, SourceError
 from indexer.imaging.types import Reason
-from indexer.pipeline.reader import SKIPPED, ReadItem
+from indexer.pipeline.items import ReadItem
+from indexer.pipeline.reader import SKIPPED
 from indexer.sources import SourceItem, TarSource, open_uri
 from indexer.sources.base import Refusal, refuse
 from indexer.sources.dicomweb import is_dicomweb
@@ -72,6 +73,17 @@ class Reembed:
                     continue
                 last = record.source_uri
                 yield record.source_uri, record.labels
+
+    def check_target(self, catalog: Catalog) -> None:
+        """Refuse a new catalog that is the old one (one database named twice, e.g. both
+        URLs of one PostgreSQL database spelt differently): told apart by catalog id."""
+        old_id = self.old.catalog_id()
+        if old_id is not None and catalog.catalog_id() == old_id:
+            raise CatalogError(
+                "the new index's catalog is the old one (same catalog id): give the new index "
+                "its own database in MEDSEARCH_CATALOG_URL; MEDSEARCH_FROM_CATALOG_URL is the "
+                "old index's"
+            )
 
     def count(self, catalog: Catalog, retry: RetryPolicy, *, budget_s: float = 30.0) -> int | None:
         """How many sources this run will read (those ``catalog`` has not seen)."""

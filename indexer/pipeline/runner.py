@@ -30,12 +30,13 @@ from indexer.encoders.preprocess import manifest_recipe
 from indexer.errors import CatalogError, MedsearchError, VectorIndexError
 from indexer.imaging.types import RENDER_POLICY
 from indexer.pipeline.embedder import Embedder
+from indexer.pipeline.items import ReadItem, fetch
 from indexer.pipeline.local import run_local
 from indexer.pipeline.preparer import Prepared, Preparer
 from indexer.pipeline.progress import Progress, count_items
 from indexer.pipeline.prune import Listings, prune
 from indexer.pipeline.ray_engine import RayEngine, RayOptions
-from indexer.pipeline.reader import ReadItem, fetch, new_items
+from indexer.pipeline.reader import new_items
 from indexer.pipeline.writer import Writer
 from indexer.settings import EncoderSettings, ImagingSettings
 from indexer.sources import SidecarTable
@@ -58,6 +59,9 @@ class Listing(Protocol):
     ) -> Iterator[ReadItem]: ...
 
     def count(self, catalog: Catalog, retry: RetryPolicy) -> int | None: ...
+
+    def check_target(self, catalog: Catalog) -> None:
+        """Refuse to write into ``catalog`` (the run's own) when it is the one read."""
 
 
 @dataclass
@@ -116,18 +120,27 @@ class BuildReport:
         }
 
 
-def open_catalog(index_dir: Path, *, read_only: bool = False, create: bool = True) -> Catalog:
+def open_catalog(
+    index_dir: Path,
+    *,
+    read_only: bool = False,
+    create: bool = True,
+    url: str | None = None,
+    variable: str = "MEDSEARCH_CATALOG_URL",
+) -> Catalog:
     """The catalog of ``index_dir``, checked to be the one its published index came from.
 
     ``read_only`` (``stats``, ``verify``, ``search``): nothing is created or migrated; a
     missing index directory or catalog is an error instead of a new empty catalog.
     ``create=False`` (``remove``, ``rebuild``): the index must exist, but may be written.
+    ``url``: the catalog's URL (default: :func:`catalog_url`), set by ``variable`` (named
+    in the refusals).
     """
     must_exist = read_only or not create
     if must_exist and not index_dir.is_dir():
         raise CatalogError(f"{index_dir}: no index here (no such directory)")
     index_dir.mkdir(parents=True, exist_ok=True)
-    url = catalog_url(index_dir)
+    url = url or catalog_url(index_dir)
     try:
         published = index_store(index_dir).current()
     except VectorIndexError:  # damaged: `index verify` says so, `index rebuild` repairs it
@@ -137,7 +150,7 @@ def open_catalog(index_dir: Path, *, read_only: bool = False, create: bool = Tru
         if published is not None:
             raise CatalogError(
                 f"{index_dir} holds an index but not its catalog ({CATALOG_FILE}): restore "
-                "the file, or set MEDSEARCH_CATALOG_URL if the catalog is on a server"
+                f"the file, or set {variable} if the catalog is on a server"
             )
         if must_exist:
             raise CatalogError(f"{index_dir}: no index here (no {CATALOG_FILE})")
@@ -147,13 +160,13 @@ def open_catalog(index_dir: Path, *, read_only: bool = False, create: bool = Tru
         except OperationalError:  # no such database: the message may name the URL
             raise CatalogError(
                 f"cannot open the catalog of {index_dir} for reading: check "
-                "MEDSEARCH_CATALOG_URL or the catalog file"
+                f"{variable} or the catalog file"
             ) from None
     else:
         catalog = Catalog.open(url)
     if published is not None:
         try:
-            catalog.check_index(published.catalog_id, index_dir)
+            catalog.check_index(published.catalog_id, index_dir, variable)
         except CatalogError:
             catalog.close()
             raise
@@ -204,6 +217,8 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
     try:
         if options.prune and listing is not None:
             raise MedsearchError("--prune applies to builds from sources")
+        if listing is not None:
+            listing.check_target(catalog)
         catalog.bind_model(binding)
         series_sample = catalog.series_sample(options.series_sample)
         total = None

@@ -112,9 +112,12 @@ class Catalog:
         with self.session() as s:
             return s.scalar(select(CatalogInfo.catalog_id).limit(1))
 
-    def check_index(self, index_catalog_id: str | None, index_dir: Path) -> None:
+    def check_index(
+        self, index_catalog_id: str | None, index_dir: Path, variable: str = "MEDSEARCH_CATALOG_URL"
+    ) -> None:
         """Refuse an index built from another catalog: a wrong ``MEDSEARCH_CATALOG_URL``
-        or a swapped catalog file would otherwise serve or update the wrong rows."""
+        (or ``variable``) or a swapped catalog file would otherwise serve or update the
+        wrong rows."""
         if index_catalog_id is None:  # published before catalog ids existed
             return
         mine = self.catalog_id()
@@ -122,7 +125,7 @@ class Catalog:
             this = "an empty catalog" if mine is None else f"catalog {mine[:12]}"
             raise CatalogError(
                 f"the index in {index_dir} was built from catalog {index_catalog_id[:12]}, "
-                f"not from {this}: check MEDSEARCH_CATALOG_URL or the catalog file"
+                f"not from {this}: check {variable} or the catalog file"
             )
 
     def series_sample(self, requested: int | None) -> int | None:

@@ -1,6 +1,6 @@
 """What a watcher's poll of a PACS found, and the instances it hands to the pipeline.
 
-New instances become :class:`~indexer.pipeline.reader.ReadItem` s with the item URIs the
+New instances become :class:`~indexer.pipeline.items.ReadItem` s with the item URIs the
 DICOMweb source writes (``dicomweb+<base>/studies/S/series/R/instances/I``), so ``index
 build`` and ``index watch`` agree on identities: an instance either of them indexed is
 skipped by the other, and one re-read after a crash is not indexed twice.
@@ -14,8 +14,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
+from indexer.pipeline.items import ReadItem
 from indexer.pipeline.prune import SourceListing
-from indexer.pipeline.reader import SKIPPED, ReadItem
+from indexer.pipeline.reader import SKIPPED
 from indexer.sources.base import SourceItem
 from indexer.sources.dicomweb_client import DicomWebClient
 from indexer.store.catalog import Catalog
@@ -96,6 +97,9 @@ class Instances:
 
     def count(self, catalog: Catalog, retry: RetryPolicy) -> int | None:
         return len(set(self.uris) - catalog.seen_sources(self.uris, retry))
+
+    def check_target(self, catalog: Catalog) -> None:
+        """Any catalog will do: the instances come from a PACS, not from a catalog."""
 
     def unseen(self, catalog: Catalog, retry: RetryPolicy) -> list[InstanceRef]:
         seen = catalog.seen_sources(self.uris, retry)

@@ -191,3 +191,102 @@ def test_reembed_into_its_own_directory_is_refused(tmp_path: Path) -> None:
         "--model", str(MODEL),
     )  # fmt: skip
     assert run.returncode == 2 and "new directory" in run.stderr
+
+
+def _pg_rows(url: str) -> dict[str, tuple[str, str | None, np.ndarray]]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT identity, source_uri, labels, embedding FROM items "
+                     "WHERE status = 'active'")
+            ).fetchall()  # fmt: skip
+    finally:
+        engine.dispose()
+    # labels: a JSON column, read back as objects here; as JSON text, as SQLite has it
+    return {r[0]: (r[1], json.dumps(r[2]), np.frombuffer(r[3], "<f4")) for r in rows}
+
+
+def _new_database(url: str, name: str) -> str:
+    """A second database on the server of ``url`` (its user may create databases)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    finally:
+        engine.dispose()
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.mark.slow
+def test_reembed_between_two_postgresql_databases(
+    second_model: Path, sources: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A site whose catalogs are on PostgreSQL: the old index's catalog is named by
+    MEDSEARCH_FROM_CATALOG_URL, the new one's by MEDSEARCH_CATALOG_URL, as for every
+    command; one database named twice (spelt differently) is refused."""
+    pytest.importorskip("psycopg")
+    from tests.store.postgres import PASSWORD, postgres
+
+    src, labels = sources
+    old, new, fresh = tmp_path / "old", tmp_path / "new", tmp_path / "fresh"
+    with postgres() as old_url:
+        new_url = _new_database(old_url, "medsearch_new")
+        run = medsearch(
+            "index", "build", str(src), "--index", str(old), "--model", str(MODEL),
+            "--no-progress", "--workers", "1", "--metadata", str(labels), "--key", "path",
+            "--frames", "all", env={**QUICK, "MEDSEARCH_CATALOG_URL": old_url},
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+        was, files_before = _pg_rows(old_url), _snapshot(old)
+
+        # the old catalog is on the server, and nothing says so: told what to set
+        unset = subprocess.run(
+            _reembed_args(old, new, second_model), capture_output=True, text=True,
+            check=False, env={**os.environ, **QUICK, "MEDSEARCH_CATALOG_URL": new_url},
+            timeout=300,
+        )  # fmt: skip
+        assert unset.returncode != 0 and "MEDSEARCH_FROM_CATALOG_URL" in unset.stderr
+        assert "Traceback" not in unset.stderr
+        # the old database under another spelling (localhost for 127.0.0.1): refused
+        alias = old_url.replace("@127.0.0.1:", "@localhost:")
+        same = subprocess.run(
+            _reembed_args(old, new, second_model), capture_output=True, text=True,
+            check=False, timeout=300, env={
+                **os.environ, **QUICK, "MEDSEARCH_FROM_CATALOG_URL": old_url,
+                "MEDSEARCH_CATALOG_URL": alias,
+            },
+        )  # fmt: skip
+        assert same.returncode != 0 and "same catalog id" in same.stderr, same.stderr[-2000:]
+        assert "Traceback" not in same.stderr
+        assert _pg_rows(old_url).keys() == was.keys()
+
+        env = {**QUICK, "MEDSEARCH_FROM_CATALOG_URL": old_url, "MEDSEARCH_CATALOG_URL": new_url}
+        run = subprocess.run(
+            _reembed_args(old, new, second_model), capture_output=True, text=True,
+            check=False, env={**os.environ, **env}, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert PASSWORD not in run.stdout + run.stderr + unset.stderr + same.stderr
+        assert not (new / "catalog.sqlite3").exists()  # the new catalog is the server's
+        verify = medsearch("index", "verify", "--index", str(new), env=env)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        got = _pg_rows(new_url)
+        after = _pg_rows(old_url)
+        assert _snapshot(old) == files_before
+
+    _build(src, fresh, second_model, labels)
+    want = _rows(fresh)
+    assert got.keys() == want.keys() == was.keys()
+    for identity, (uri, labels_json, vector) in got.items():
+        assert (uri, labels_json) == want[identity][:2] == was[identity][:2]
+        assert float(np.dot(vector, want[identity][2])) >= 0.9999, identity
+        assert float(np.dot(vector, was[identity][2])) < 0.99
+    for identity, (uri, labels_json, vector) in was.items():  # the old rows, untouched
+        assert after[identity][:2] == (uri, labels_json)
+        assert np.array_equal(after[identity][2], vector)

@@ -18,9 +18,9 @@ from indexer.imaging.types import DecodeResult
 from indexer.pipeline import local
 from indexer.pipeline.channels import Channel
 from indexer.pipeline.embedder import Embedder
+from indexer.pipeline.items import ReadItem, fetch
 from indexer.pipeline.local import run_local
 from indexer.pipeline.preparer import Prepared, Preparer
-from indexer.pipeline.reader import ReadItem, fetch
 from indexer.pipeline.runner import binding_for
 from indexer.pipeline.writer import Writer
 from indexer.settings import EncoderSettings, ImagingSettings

@@ -28,8 +28,7 @@ from tests.sources.bombs import MIB, bz2_tar, forge_sizes, set_flag_bits, zeros_
 CAP = 8 * MIB
 _MEASURE = """
 import json, resource, sys
-from indexer.pipeline.reader import fetch
-from indexer.pipeline.reader import ReadItem
+from indexer.pipeline.items import ReadItem, fetch
 from indexer.sources import TarSource, ZipSource
 
 kind, path, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
