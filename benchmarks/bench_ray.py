@@ -163,7 +163,7 @@ def main() -> None:
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {cores} cores",
         "python": platform.python_version(),
-        "ray": ray.__version__,
+        "ray_version": ray.__version__,
         "files": args.files,
         **measured,
     }
