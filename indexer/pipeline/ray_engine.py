@@ -62,7 +62,6 @@ class RayOptions:
     gpus_per_encoder: float = 0.0  # 0: the encoders run on CPU
     decode_cpus: int | None = None  # decode actors, one CPU each; None: BuildOptions.workers
     shared_paths: bool | None = None  # workers see the driver's files; None: single host only
-    local_cpus: int | None = None  # CPUs of a Ray started here (None: all)
     # test and benchmark hooks: a planted decoder, a stand-in encoder
     decoder: DecoderFactory | None = field(default=None, compare=False)
     load_encoder: EncoderLoader | None = field(default=None, compare=False)
@@ -144,8 +143,10 @@ class RayEngine:
             common = {"log_to_driver": False, "logging_level": logging.ERROR}
             if opts.address:
                 ray.init(address=opts.address, **common)
-            else:
-                ray.init(num_cpus=opts.local_cpus, include_dashboard=False, **common)
+            else:  # this host alone: a logical CPU per actor, whatever the cores (the
+                # local engine too runs its decoders and its encoder on the same cores)
+                cpus = self.decode_cpus + opts.encoders
+                ray.init(num_cpus=cpus, include_dashboard=False, **common)
             self._owned = True
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         here = ray.get_runtime_context().get_node_id()
