@@ -1,7 +1,8 @@
 """``--engine ray``: the pydicom corpus on a local Ray (2 CPUs, started once for the
-module) gives what the local engine gives; a driver killed with SIGKILL resumes; a
-decoder that crashes on an item fails that item, and the run goes on; without Ray, the
-CLI says how to install it."""
+module) gives what the local engine gives; a driver killed with SIGKILL resumes; actors
+killed with SIGKILL mid-run are restarted by Ray and nothing is lost; a decoder that
+crashes on an item fails that item, and the run goes on; without Ray, the CLI says how
+to install it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,41 @@ def test_a_killed_driver_resumes_without_loss_or_duplicates(
     )  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
     print(f"\nkilled at {at_kill} of {len(expected)} items; resumed, verify ok")
+
+
+def _kill_actor(stage: str) -> bool:
+    """SIGKILL the process of ``stage``'s actor while it runs a task (Ray titles it
+    ``ray::MapWorker(MapBatches(STAGE)).submit`` then)."""
+    pattern = rf"MapWorker\(MapBatches\({stage}\)\)\.submit"
+    return subprocess.run(["pkill", "-9", "-f", pattern], check=False).returncode == 0
+
+
+def _wait(condition: Callable[[], bool], proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 240
+    while not condition() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+
+
+@needs_ray
+@pytest.mark.slow
+def test_actors_killed_mid_run_lose_nothing(
+    ray_address: str, built_index: tuple[Path, BuildReport], tmp_path: Path
+) -> None:
+    """The decode actor's process killed with SIGKILL while it decodes, then the encoder
+    actor's once a batch is committed (the kernel's OOM killer, an operator): Ray restarts
+    each actor (the encoder loads and verifies the model again) and retries its task; the
+    build ends with every item, none twice, no failure added."""
+    expected = _active(built_index[0])
+    index_dir = tmp_path / "actors-killed"
+    proc = _cli_build(index_dir, ray_address)
+    _wait(lambda: _kill_actor("DecodeStage"), proc)
+    _wait(lambda: _committed(index_dir) > 0, proc)
+    _wait(lambda: _kill_actor("EncodeStage"), proc)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read() if proc.stderr else ""
+    got = _active(index_dir)
+    assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in expected.items()}
+    assert _failures(index_dir) == _failures(built_index[0])
 
 
 @dataclass(frozen=True)
