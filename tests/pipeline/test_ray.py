@@ -13,7 +13,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +32,15 @@ from indexer.pipeline.ray_engine import RayOptions, import_ray
 from indexer.pipeline.runner import BuildReport, run_build
 from indexer.settings import ImagingSettings
 from tests.conftest import has_module
+from tests.pacs.orthanc import PASSWORD as PACS_PASSWORD
+from tests.pacs.orthanc import USER as PACS_USER
+from tests.pacs.orthanc import orthanc
 from tests.pipeline.conftest import TEST_MODEL, corpus_dir, options
 
 ROOT = Path(__file__).parents[2]
 needs_ray = pytest.mark.skipif(not has_module("ray"), reason="needs the ray extra")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
+PACS_AUTH = {"MEDSEARCH_DICOMWEB_USERNAME": PACS_USER, "MEDSEARCH_DICOMWEB_PASSWORD": PACS_PASSWORD}
 CRASH_MARK = "planted-crash"
 CRASH_EXIT = 70
 
@@ -45,12 +51,15 @@ def ray_address() -> Iterator[str]:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray = import_ray()  # with token authentication, as the engine does
     started = time.perf_counter()
+    # the workers' own environment: the project, and the test PACS's credentials (a site
+    # sets MEDSEARCH_DICOMWEB_* in the environment of every `ray start`)
+    env = {"PYTHONPATH": str(ROOT), **PACS_AUTH}
     context = ray.init(
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.ERROR,
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        runtime_env={"env_vars": env},
     )
     print(f"\nlocal Ray started in {time.perf_counter() - started:.1f} s")
     yield str(context.address_info["gcs_address"])
@@ -98,6 +107,58 @@ def test_the_corpus_on_ray_is_the_local_build(
         assert uri == local_rows[identity][0]  # the same file wins among duplicates
         assert float(np.dot(vector, local_rows[identity][1])) >= 0.9999, identity
     assert _failures(index_dir) == _failures(local_dir)
+
+
+def _archives(tmp: Path) -> tuple[Path, Path, Path]:
+    """A zip and a tar of pydicom files (a non-image and a duplicate among them), and a
+    folder."""
+
+    def files(*names: str) -> list[Path]:
+        found = [Path(p) for p in map(get_testdata_file, names) if p is not None]
+        assert len(found) == len(names)
+        return found
+
+    zipped, tarred, folder = tmp / "a.zip", tmp / "b.tar", tmp / "folder"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for path in files("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm"):
+            archive.write(path, f"zip/{path.name}")
+    with tarfile.open(tarred, "w") as archive:
+        for path in files("emri_small.dcm", "rtplan.dcm", "MR_small_RLE.dcm"):
+            archive.add(path, f"tar/{path.name}")
+    folder.mkdir()
+    for path in files("liver_1frame.dcm", "JPGExtended.dcm"):
+        shutil.copy(path, folder / path.name)
+    return zipped, tarred, folder
+
+
+@needs_ray
+@pytest.mark.slow
+def test_shipped_files_archive_members_and_a_pacs_on_ray(
+    ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the workers cannot read by path: files on the driver only (``--ship-files``)
+    and archive members go as bytes; PACS instances (a real Orthanc) are fetched by the
+    workers with their own credentials. The same rows as the local engine."""
+    for key, value in PACS_AUTH.items():  # the driver's, for listing the PACS
+        monkeypatch.setenv(key, value)
+    zipped, tarred, folder = _archives(tmp_path)
+    with orthanc(tmp_path / "orthanc") as pacs:
+        stored = pacs.upload([Path(p) for p in map(get_testdata_file, ("SC_rgb.dcm",)) if p])
+        assert len(stored) == 1
+        sources = [str(zipped), str(tarred), str(folder), f"dicomweb+{pacs.dicomweb}"]
+        local = run_build(options(sources, tmp_path / "local")).to_dict()
+        ray = _ray(shared_paths=False)
+        report = run_build(options(sources, tmp_path / "ray", engine="ray", ray=ray)).to_dict()
+    assert report["stages"]["ray"]["shared_paths"] is False
+    for key in ("indexed", "duplicates", "failed"):
+        assert report[key] == local[key], key
+    got, want = _active(tmp_path / "ray"), _active(tmp_path / "local")
+    assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in want.items()}
+    kinds = {uri.split(":", 1)[0] for uri, _ in got.values()}
+    assert kinds >= {"zip", "tar", "file", "dicomweb+http"}, kinds
+    for identity, (_, vector) in got.items():
+        assert float(np.dot(vector, want[identity][1])) >= 0.9999, identity
+    assert _failures(tmp_path / "ray") == _failures(tmp_path / "local")
 
 
 def _cli_build(index_dir: Path, address: str) -> subprocess.Popen[bytes]:
