@@ -1,9 +1,11 @@
 """``--engine ray`` without ``--ray-address``, as a user first tries it: the CLI starts a Ray
 of this host alone, sized for the run whatever the cores (the default ``--workers 2`` and
-one encoder ask for 3 CPUs on this 2-core machine), builds, and stops that Ray.
+one encoder ask for 3 CPUs on this 2-core machine), builds, and stops that Ray. GPUs: a
+cluster without the GPUs asked for is refused before anything starts, and an encoder
+that would silently run on the CPU instead of CUDA refuses to start.
 
-Its own module: the Ray of ``test_ray.py`` (a cluster this build must not join) is gone
-by the time it runs."""
+Its own module: the Ray of ``test_ray.py`` (a cluster these builds must not join) is gone
+by the time it runs; each test here starts and stops its own."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from tests.pipeline.conftest import TEST_MODEL
 pytestmark = [
     pytest.mark.skipif(not has_module("ray"), reason="needs the ray extra"),
     pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),
 ]
 FILES = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")  # two images, one refusal
 
@@ -64,3 +67,36 @@ def test_a_ray_started_by_the_cli_runs_the_build_and_stops(tmp_path: Path) -> No
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_gpus_the_cluster_lacks_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "indexer.cli", "index", "build", str(tmp_path), "--index",
+            str(tmp_path / "index"), "--model", str(TEST_MODEL), "--engine", "ray",
+            "--gpus-per-encoder", "1", "--no-progress",
+        ],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "0 GPUs" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_an_encoder_that_would_fall_back_to_cpu_refuses(tmp_path: Path) -> None:
+    """A cluster that declares a GPU (Ray's logical resource: the only stand-in here) and an
+    ONNX Runtime without CUDA: the encoder actor refuses to start instead of running on
+    the CPU, and the build stops with that reason."""
+    from indexer.errors import MedsearchError
+    from indexer.pipeline.ray_engine import RayOptions, import_ray
+    from indexer.pipeline.runner import run_build
+    from tests.pipeline.conftest import options
+
+    ray = import_ray()
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        ray_options = RayOptions(decode_cpus=1, gpus_per_encoder=1)
+        opts = options([str(tmp_path)], tmp_path / "index", engine="ray", ray=ray_options)
+        with pytest.raises(MedsearchError, match="CUDA was asked for"):
+            run_build(opts)
+    finally:
+        ray.shutdown()
