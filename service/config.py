@@ -115,7 +115,12 @@ class ServiceSettings(BaseSettings):
         description="burned-in text: safe (items at risk get known text regions blacked "
         "out, else no thumbnail), all, or none (no thumbnails)",
     )
-    index_poll_s: float = Field(default=2.0, gt=0, description="check for new index versions")
+    index_poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="check for new index versions, and for index or model paths (symlinks) "
+        "that lead somewhere new (blue/green)",
+    )
     rerank_store: RerankSource = Field(
         default="memory",
         description="where a compressed index's candidates get their float32 vectors for "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -14,11 +15,19 @@ from service.runtime import Runtime
 _bearer = HTTPBearer(auto_error=False, description="an API key from MEDSEARCH_API_KEYS")
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> AsyncIterator[Runtime]:
+    """The runtime, bound to the generation (index, model) serving when the request came
+    in, which stays open while the request runs (see :mod:`service.served`)."""
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is None:
         raise ServiceError(503, "not ready", "the model or the index is not loaded")
-    return runtime
+    pinned = runtime.pinned()
+    served = pinned.served
+    served.requests += 1  # on the event loop: no lock needed
+    try:
+        yield pinned
+    finally:
+        served.requests -= 1
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

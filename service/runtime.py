@@ -5,22 +5,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from indexer.encoders.encoder import Encoder
+from indexer.encoders.preprocess import Recipe
 from indexer.errors import ImageRefused
 from indexer.imaging.burned_in import Region
 from indexer.imaging.guard import DecodeJob, DecoderPool
 from indexer.imaging.handover import slot_bytes
 from indexer.imaging.types import DecodedImage, Reason
 from indexer.sources.dicomweb_client import DicomWebClient
-from indexer.store.catalog import Catalog, catalog_url
+from indexer.store.catalog import Catalog
 from indexer.store.searcher import Searcher
 from indexer.store.series_search import SeriesSearcher
 from service.batcher import MicroBatcher, Overloaded
@@ -31,6 +35,7 @@ from service.errors import ServiceError
 from service.metrics import Metrics
 from service.qc_reference import ReferenceCache
 from service.results import Links
+from service.served import Loader, Served
 from service.thumbnails import Thumbnail, ThumbnailKey
 
 logger = logging.getLogger(__name__)
@@ -39,50 +44,36 @@ Vector = npt.NDArray[np.float32]
 
 
 class Runtime:
+    """The service's shared machinery (pools, decoders, metrics, the PACS client) and the
+    generation it serves (:class:`~service.served.Served`: index, catalog, model).
+
+    A request works on :meth:`pinned`, a copy of the runtime bound to the generation that
+    was serving when it started, so a switch never mixes two models or two indexes in one
+    answer."""
+
     def __init__(self, settings: ServiceSettings, engine: EngineSettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        # loads, verifies hashes and runs the self-test (as the encoder settings say)
-        self.encoder = Encoder.load(settings.model_dir, engine.encoder)
-        # resolved once: a symlink swapped to another index (blue/green) takes effect at
-        # the next start, never half-way (new versions of *this* index are picked up live)
-        index_dir = settings.index_dir.resolve()
-        self.catalog = Catalog.open(catalog_url(index_dir, engine.catalog), upgrade=False)
-        self.searcher = Searcher(index_dir, self.catalog, rerank=settings.rerank_store)
-        self.searcher.check_model(self.encoder.fingerprint)
-        self.series = SeriesSearcher(self.searcher)
-        self.qc_reference = ReferenceCache()  # POST /v1/qc: outlier scores per version
         self.imaging = engine.imaging
-        self.decoders = DecoderPool(self.imaging, settings.workers)
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-work")
         # one thread per encoder, so that cheap text queries never wait behind image batches
         self.image_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-image")
         self.text_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-text")
-        self.text_cache: LRU[str, Vector] = LRU(settings.text_cache_size)
-        self.thumbnails: LRU[ThumbnailKey, Thumbnail] = LRU(settings.thumbnail_cache_size)
-        self.recipe = self.encoder.recipe(self.searcher.binding.recipe)
+        self.loader = Loader(
+            settings, engine.encoder, engine.catalog, self.image_pool, self.text_pool,
+            self.metrics.batch_observer,
+        )  # fmt: skip
+        # loads, verifies hashes and runs the self-test (as the encoder settings say)
+        self.served = self.loader.load(*self._paths())
+        self._retired: list[Served] = []
+        self._refused: tuple[Path, Path] | None = None  # paths a switch to failed
+        self.decoders = DecoderPool(self.imaging, settings.workers)
         self.decode_budget = DecodeBudget(
             settings.decode_budget_mb << 20, jobs=DECODES_PER_WORKER * settings.workers
         )
         # one thread per decoder process: decodes never hold up searches in ``pool``
         self.decode_pool = ThreadPoolExecutor(
             settings.workers, thread_name_prefix="medsearch-decode"
-        )
-        self.image_batcher: MicroBatcher[npt.NDArray[np.uint8], Vector] = MicroBatcher(
-            lambda inputs: list(self.encoder.embed_inputs(list(inputs), self.recipe.name)),
-            self.image_pool,
-            window_ms=settings.batch_window_ms,
-            max_batch=settings.max_batch,
-            queue_size=settings.queue_size,
-            on_batch=self.metrics.batch_observer("image"),
-        )
-        self.text_batcher: MicroBatcher[str, Vector] = MicroBatcher(
-            lambda texts: list(self.encoder.embed_texts(list(texts))),
-            self.text_pool,
-            window_ms=settings.batch_window_ms,
-            max_batch=settings.max_batch,
-            queue_size=settings.queue_size,
-            on_batch=self.metrics.batch_observer("text"),
         )
         self.links = Links(
             settings.viewer_url_template, settings.wado_base_url or settings.pacs_url
@@ -93,17 +84,56 @@ class Runtime:
         self._poller: asyncio.Task[None] | None = None
         self.update_index_metrics()
 
+    # -- the generation served: a request's own (pinned), or the latest
+    @property
+    def encoder(self) -> Encoder:
+        return self.served.encoder
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.served.catalog
+
+    @property
+    def searcher(self) -> Searcher:
+        return self.served.searcher
+
+    @property
+    def series(self) -> SeriesSearcher:
+        return self.served.series
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.served.recipe
+
+    @property
+    def qc_reference(self) -> ReferenceCache:
+        return self.served.qc_reference
+
+    @property
+    def text_cache(self) -> LRU[str, Vector]:
+        return self.served.text_cache
+
+    @property
+    def thumbnails(self) -> LRU[ThumbnailKey, Thumbnail]:
+        return self.served.thumbnails
+
+    def pinned(self) -> Runtime:
+        """This runtime bound to the generation serving now (for one request)."""
+        return copy.copy(self)
+
+    def _paths(self) -> tuple[Path, Path]:
+        return self.settings.index_dir.resolve(), self.settings.model_dir.resolve()
+
     # -- lifecycle
     def start(self) -> None:
-        self.image_batcher.start()
-        self.text_batcher.start()
+        self.served.start()
         self._poller = asyncio.get_running_loop().create_task(self._poll_index())
 
     async def stop(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
-        await self.image_batcher.stop()
-        await self.text_batcher.stop()
+        for served in (self.served, *self._retired):
+            await served.stop()
         self.pool.shutdown(wait=False)
         self.decode_pool.shutdown(wait=False)
         self.image_pool.shutdown(wait=False)
@@ -111,16 +141,49 @@ class Runtime:
         self.decoders.close()
         if self.pacs is not None:
             self.pacs.close()
-        self.catalog.close()
 
     async def _poll_index(self) -> None:
         while True:
             await asyncio.sleep(self.settings.index_poll_s)
             try:
-                if await self.run(self.searcher.reload_if_changed):
+                if not await self._switch() and await self.run(self.searcher.reload_if_changed):
                     self.update_index_metrics()
             except Exception as exc:  # noqa: BLE001 - keep serving the loaded version
                 logger.warning("new index version not loaded: %s", type(exc).__name__)
+            await self._close_retired()
+
+    async def _switch(self) -> bool:
+        """Switch to the index and model the settings' paths resolve to now, if they moved
+        (see :mod:`service.served`); ``False`` when nothing changed or the switch failed."""
+        paths = self._paths()
+        if paths == self.served.paths or paths == self._refused:
+            return False
+        try:
+            new = await self.run(self.loader.load, *paths, self.served)
+        except Exception as exc:  # noqa: BLE001 - any failure: keep serving, say why once
+            self._refused = paths
+            logger.warning(
+                "index %s with model %s not switched to (still serving %s): %s",
+                *paths, self.served.index_dir, exc,
+            )  # fmt: skip
+            return False
+        new.start()
+        old, self.served = self.served, new  # requests from now on get the new generation
+        old.retired_at = time.monotonic()
+        self._retired.append(old)
+        self._refused = None
+        self.update_index_metrics()
+        logger.info(
+            "switched to index %s (version %s) with model %s",
+            new.index_dir, new.searcher.loaded.manifest.version, new.encoder.fingerprint[:16],
+        )  # fmt: skip
+        return True
+
+    async def _close_retired(self) -> None:
+        for served in [s for s in self._retired if s.closable()]:
+            self._retired.remove(served)
+            await served.stop()
+            logger.info("closed the generation of index %s", served.index_dir)
 
     def update_index_metrics(self) -> None:
         manifest = self.searcher.loaded.manifest
@@ -131,7 +194,7 @@ class Runtime:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def queue_depth(self) -> int:
-        return self.image_batcher.depth + self.text_batcher.depth
+        return self.served.image_batcher.depth + self.served.text_batcher.depth
 
     async def _submit(self, batcher: MicroBatcher[Any, Vector], item: Any) -> Vector:
         try:
@@ -149,7 +212,7 @@ class Runtime:
             self.metrics.text_cache.labels("hit").inc()
             return cached
         self.metrics.text_cache.labels("miss").inc()
-        vector = await self._submit(self.text_batcher, text)
+        vector = await self._submit(self.served.text_batcher, text)
         self.text_cache.put(text, vector)
         return vector
 
@@ -175,7 +238,7 @@ class Runtime:
 
     async def embed_image(self, data: bytes) -> tuple[Vector, DecodedImage]:
         image = await self.decode(data)
-        return await self._submit(self.image_batcher, image.pixels), image
+        return await self._submit(self.served.image_batcher, image.pixels), image
 
 
 def b64decode(value: str, max_bytes: int) -> bytes:

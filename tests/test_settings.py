@@ -654,6 +654,12 @@ REFUSALS = [
     Refusal("MEDSEARCH_CATALOG_URL", "sqlite:////nonexistent/catalog.sqlite3", "index stats"),
     Refusal("MEDSEARCH_CATALOG_URL", "postgresql+psycopg://u:SECRET@127.0.0.1:1/db", "index stats"),
     Refusal("MEDSEARCH_CATALOG_URL", "not a url SECRET", "index stats"),
+    # a command that writes the catalog (the build opens it to create or migrate it)
+    Refusal(
+        "MEDSEARCH_CATALOG_URL",
+        "postgresql+psycopg://u:SECRET@127.0.0.1:1/db",
+        "index build dicomweb",
+    ),
     reembed_case("not a url SECRET"),
     reembed_case("sqlite:////nonexistent/catalog.sqlite3"),
     reembed_case("postgresql+psycopg://u:SECRET@127.0.0.1:1/db"),

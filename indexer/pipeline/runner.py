@@ -163,7 +163,12 @@ def open_catalog(
                 f"{variable} or the catalog file"
             ) from None
     else:
-        catalog = Catalog.open(url)
+        try:
+            catalog = Catalog.open(url)
+        except OperationalError:  # a server that is down, a database that does not exist
+            raise CatalogError(
+                f"cannot open the catalog of {index_dir}: check {variable} or the catalog file"
+            ) from None
     if published is not None:
         try:
             catalog.check_index(published.catalog_id, index_dir, variable)

@@ -11,6 +11,7 @@ The schema belongs to Alembic: :func:`upgrade` runs the revisions shipped in the
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _json(value: object) -> str:
+    """JSON columns as text with non-ASCII characters kept: SQLite's ``json_extract`` matches
+    a key as written, so a label column ``Körperteil`` stored as ``K\\u00f6rperteil``
+    (``json.dumps``' default) could never be filtered on."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def make_engine(url: str) -> Engine:
-    engine = create_engine(url, future=True)
+    engine = create_engine(url, future=True, json_serializer=_json)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine

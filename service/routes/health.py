@@ -39,6 +39,6 @@ async def readyz(request: Request) -> Health:
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(rt: RuntimeDep) -> Response:
     """Prometheus text format."""
-    rt.metrics.queue_depth.labels("image").set(rt.image_batcher.depth)
-    rt.metrics.queue_depth.labels("text").set(rt.text_batcher.depth)
+    rt.metrics.queue_depth.labels("image").set(rt.served.image_batcher.depth)
+    rt.metrics.queue_depth.labels("text").set(rt.served.text_batcher.depth)
     return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)

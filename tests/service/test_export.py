@@ -24,6 +24,7 @@ from tests.service.live import serve
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {KEY}"}
 FILES = {"CT_small.dcm": "chest", "MR_small.dcm": "head", "JPEG2000.dcm": "chest"}
+GERMAN = {"chest": "Brustkorb", "head": "Schädel"}  # a column named and valued in German
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,8 @@ def labelled_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert path is not None
         shutil.copy(path, source / name)
     sidecar = root / "labels.csv"
-    sidecar.write_text("path,organ\n" + "".join(f"{n},{o}\n" for n, o in FILES.items()))
+    rows = "".join(f"{n},{o},{GERMAN[o]}\n" for n, o in FILES.items())
+    sidecar.write_text("path,organ,Körperteil\n" + rows, encoding="utf-8")
     run_build(options([str(source)], root / "index", sidecar=sidecar))
     return root / "index"
 
@@ -76,6 +78,14 @@ def test_export_filters_and_pages(http: httpx.Client) -> None:
     rest = _rows(http.get("/v1/items/export", params={"after_id": first[-1]["id"]}))
     every = _rows(http.get("/v1/items/export"))
     assert [r["id"] for r in first + rest] == [r["id"] for r in every]
+
+
+def test_a_column_named_outside_ascii_filters(http: httpx.Client) -> None:
+    """SQLite matches JSON keys as stored: ``Körperteil`` must not be stored escaped."""
+    chest = _rows(http.get("/v1/items/export", params={"label": "Körperteil=Brustkorb"}))
+    assert len(chest) == 2 and {r["label:organ"] for r in chest} == {"chest"}
+    head = _rows(http.get("/v1/items/export", params={"label": "Körperteil=Schädel"}))
+    assert [r["label:Körperteil"] for r in head] == ["Schädel"]
 
 
 @pytest.mark.parametrize(

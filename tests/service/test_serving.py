@@ -39,9 +39,9 @@ def test_a_full_queue_answers_503_fast_and_the_server_goes_on(
         runtime.text_pool.submit(release.wait, 30)  # the text encoder thread is busy
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(_text, base, "first query")  # taken by the batch worker
-            _until(lambda: runtime.text_batcher.depth == 0 and _pending(runtime) >= 1)
+            _until(lambda: runtime.served.text_batcher.depth == 0 and _pending(runtime) >= 1)
             second = pool.submit(_text, base, "second query")  # fills the queue
-            _until(lambda: runtime.text_batcher.depth == 1)
+            _until(lambda: runtime.served.text_batcher.depth == 1)
             started = time.monotonic()
             refused = _text(base, "third query")
             elapsed = time.monotonic() - started
