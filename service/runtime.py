@@ -39,6 +39,7 @@ from service.served import Loader, Served
 from service.thumbnails import Thumbnail, ThumbnailKey
 
 logger = logging.getLogger(__name__)
+RETRY_SWITCH_S = 30.0  # a switch that failed is tried again after this long (same paths)
 T = TypeVar("T")
 Vector = npt.NDArray[np.float32]
 
@@ -66,7 +67,9 @@ class Runtime:
         # loads, verifies hashes and runs the self-test (as the encoder settings say)
         self.served = self.loader.load(*self._paths())
         self._retired: list[Served] = []
-        self._refused: tuple[Path, Path] | None = None  # paths a switch to failed
+        # the paths a switch to failed, when, and why (tried again after RETRY_SWITCH_S: the
+        # new index may not be published yet; said again only when the reason changes)
+        self._refused: tuple[tuple[Path, Path], float, str] | None = None
         self.decoders = DecoderPool(self.imaging, settings.workers)
         self.decode_budget = DecodeBudget(
             settings.decode_budget_mb << 20, jobs=DECODES_PER_WORKER * settings.workers
@@ -156,16 +159,21 @@ class Runtime:
         """Switch to the index and model the settings' paths resolve to now, if they moved
         (see :mod:`service.served`); ``False`` when nothing changed or the switch failed."""
         paths = self._paths()
-        if paths == self.served.paths or paths == self._refused:
+        if paths == self.served.paths:
+            return False
+        refused = self._refused
+        if refused and refused[0] == paths and time.monotonic() - refused[1] < RETRY_SWITCH_S:
             return False
         try:
             new = await self.run(self.loader.load, *paths, self.served)
         except Exception as exc:  # noqa: BLE001 - any failure: keep serving, say why once
-            self._refused = paths
-            logger.warning(
-                "index %s with model %s not switched to (still serving %s): %s",
-                *paths, self.served.index_dir, exc,
-            )  # fmt: skip
+            reason = f"{type(exc).__name__}: {exc}"
+            if refused is None or refused[0] != paths or refused[2] != reason:
+                logger.warning(
+                    "index %s with model %s not switched to (still serving %s): %s",
+                    *paths, self.served.index_dir, reason,
+                )  # fmt: skip
+            self._refused = (paths, time.monotonic(), reason)
             return False
         new.start()
         old, self.served = self.served, new  # requests from now on get the new generation

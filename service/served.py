@@ -13,9 +13,10 @@ index, whatever happens meanwhile), and an old generation is closed once its las
 has finished and :data:`RETIRE_AFTER_S` have passed (a streamed CSV export may outlive
 its request's bookkeeping).
 
-A switch that cannot be made (the index's model not in place yet, a damaged index, a
-catalog on a server that is not the new index's) is logged once, and tried again when
-either path changes; the old generation keeps serving meanwhile.
+A switch that cannot be made (the index's model not in place yet, an index not published
+yet or damaged, a catalog on a server that is not the new index's) is logged, and tried
+again when either path changes or 30 s later (logged again only if the reason changed);
+the old generation keeps serving meanwhile.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -22,7 +23,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from indexer.encoders.encoder import Encoder
+from indexer.pipeline.runner import BuildReport
 from indexer.settings import EncoderSettings
+from service import runtime as runtime_module
 from service import served as generations
 from service.app import create_app
 from tests.cli.test_cli_reembed import second_model  # noqa: F401 - a fixture
@@ -154,3 +157,30 @@ def test_symlinks_swapped_under_load_switch_index_and_model_together(
     assert set(clients.codes) == {200}, clients.codes
     assert min(clients.self_scores) > 0.999, min(clients.self_scores)
     assert caplog.text.count("switched to index") == 2
+
+
+def test_a_symlink_swapped_before_the_index_is_published_is_followed_once_it_is(
+    built_index: tuple[Path, BuildReport],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An operator swaps the stable name to a directory whose index is still being built:
+    refused (logged once), retried, and followed once the index is there, with no other
+    change of path."""
+    caplog.set_level(logging.INFO, logger="service")
+    monkeypatch.setattr(runtime_module, "RETRY_SWITCH_S", 0.5)
+    blue, staged = built_index[0], tmp_path / "idx-staged"
+    staged.mkdir()
+    current = tmp_path / "current"
+    current.symlink_to(blue)
+    app = create_app(settings_for(current, index_poll_s=0.2))
+    with serve(app) as base:
+        _swap(current, staged)
+        _until(lambda: "not switched to" in caplog.text)
+        time.sleep(1.5)  # a few retries, the same reason: logged once
+        assert caplog.text.count("not switched to") == 1
+        shutil.copytree(blue, staged, dirs_exist_ok=True)  # "published" now
+        _until(lambda: f"switched to index {staged}" in caplog.text)
+        r = httpx.post(f"{base}/v1/search/text", json={"text": "ct", "k": 1}, timeout=60)
+        assert r.status_code == 200 and r.json()["results"]
