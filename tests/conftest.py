@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 from indexer.encoders.encoder import Encoder
 from indexer.pipeline.runner import BuildReport, run_build
 from indexer.settings import EncoderSettings
 
 TEST_MODEL = Path(__file__).parent / "data" / "test_model"
+
+
+def testdata_folder(folder: Path, names: Iterable[str]) -> Path:
+    """``folder``, made here, with copies of pydicom's test files ``names``."""
+    folder.mkdir(parents=True)
+    for name in names:
+        path = get_testdata_file(name)
+        assert path is not None, name
+        shutil.copy(path, folder / name)
+    return folder
 
 
 def has_module(name: str) -> bool:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from pydicom.data import get_testdata_file
 
-from tests.conftest import has_module
+from tests.conftest import has_module, testdata_folder
 from tests.pipeline.conftest import TEST_MODEL
 
 pytestmark = [
@@ -37,12 +35,7 @@ def _ray_heads() -> set[int]:
 
 
 def test_a_ray_started_by_the_cli_runs_the_build_and_stops(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in FILES:
-        path = get_testdata_file(name)
-        assert path is not None
-        shutil.copy(path, src / name)
+    src = testdata_folder(tmp_path / "src", FILES)
     before = _ray_heads()
     report = tmp_path / "report.json"
     run = subprocess.run(

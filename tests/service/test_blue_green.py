@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydicom.data import get_testdata_file
 
 from indexer.encoders.encoder import Encoder
 from indexer.pipeline.runner import BuildReport
@@ -29,6 +28,7 @@ from service import runtime as runtime_module
 from service import served as generations
 from service.app import create_app
 from tests.cli.test_cli_reembed import second_model  # noqa: F401 - a fixture
+from tests.conftest import testdata_folder
 from tests.service.conftest import settings_for
 from tests.service.live import serve
 
@@ -105,12 +105,7 @@ def test_symlinks_swapped_under_load_switch_index_and_model_together(
 ) -> None:
     caplog.set_level(logging.INFO, logger="service")
     monkeypatch.setattr(generations, "RETIRE_AFTER_S", 1.0)  # close old generations quickly
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in FILES:
-        path = get_testdata_file(name)
-        assert path is not None
-        (src / name).write_bytes(Path(path).read_bytes())
+    src = testdata_folder(tmp_path / "src", FILES)
     blue, green = tmp_path / "idx-blue", tmp_path / "idx-green"
     _cli("index", "build", str(src), "--index", str(blue), "--model", str(MODEL))
     _cli(

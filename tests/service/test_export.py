@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydicom.data import get_testdata_file
 
 from indexer.pipeline.runner import run_build
 from service.app import create_app
+from tests.conftest import testdata_folder
 from tests.pipeline.conftest import options
 from tests.service.conftest import KEY, TEST_MODEL, settings_for
 from tests.service.live import serve
@@ -30,12 +29,7 @@ GERMAN = {"chest": "Brustkorb", "head": "Schädel"}  # a column named and valued
 @pytest.fixture(scope="module")
 def labelled_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("export")
-    source = root / "src"
-    source.mkdir()
-    for name in FILES:
-        path = get_testdata_file(name)
-        assert path is not None
-        shutil.copy(path, source / name)
+    source = testdata_folder(root / "src", FILES)
     sidecar = root / "labels.csv"
     rows = "".join(f"{n},{o},{GERMAN[o]}\n" for n, o in FILES.items())
     sidecar.write_text("path,organ,Körperteil\n" + rows, encoding="utf-8")

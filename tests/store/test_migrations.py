@@ -12,6 +12,7 @@ from sqlalchemy import inspect
 
 from indexer.store import db
 from indexer.store.catalog import Catalog
+from indexer.store.filters import Filters
 
 
 def test_upgrade_check_downgrade_upgrade(tmp_path: Path) -> None:
@@ -69,5 +70,39 @@ def test_revision_0002_gives_an_existing_catalog_its_id(tmp_path: Path) -> None:
     try:
         first = catalog.catalog_id()
         assert first is not None and len(first) == 32 and int(first, 16) >= 0
+    finally:
+        catalog.close()
+
+
+def test_revision_0006_unescapes_label_keys_so_they_filter(tmp_path: Path) -> None:
+    """A catalog written before 0006 holds ``{"K\\u00f6rperteil": ...}``: after the upgrade
+    the label filter finds its items (SQLite matches JSON keys as stored)."""
+    url = db.sqlite_url(tmp_path / "c.sqlite3")
+    engine = db.make_engine(url)
+    db.upgrade(engine, "0005")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO runs (id, command, sources, user, host, started_at, status, counts) "
+            "VALUES (1, 'build', '[]', '', '', '2026-01-01 00:00:00', 'done', '{}')"
+        )
+        for n, labels in enumerate(
+            ['{"K\\u00f6rperteil": "Sch\\u00e4del"}', '{"organ": "chest"}', None], 1
+        ):
+            conn.exec_driver_sql(
+                "INSERT INTO items (id, identity, source_uri, sha256, size, format, width, "
+                "height, labels, embedding, model_fingerprint, recipe, render_policy, "
+                "status, run_id, created_at, updated_at) VALUES (?, ?, ?, 's', 1, 'png', 1, "
+                "1, ?, x'00', 'f', 'reference', 'viewer-v1', 'active', 1, "
+                "'2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+                (n, f"i{n}", f"file:///{n}.png", labels),
+            )
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT labels FROM items ORDER BY id").scalars().all()
+    engine.dispose()
+    assert stored == ['{"Körperteil": "Schädel"}', '{"organ": "chest"}', None]
+    catalog = Catalog.open(url)
+    try:
+        assert list(catalog.filter_ids(Filters(labels={"Körperteil": "Schädel"}))) == [1]
     finally:
         catalog.close()
