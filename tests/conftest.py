@@ -19,7 +19,7 @@ from indexer.settings import EncoderSettings
 TEST_MODEL = Path(__file__).parent / "data" / "test_model"
 
 
-def testdata_folder(folder: Path, names: Iterable[str]) -> Path:
+def copy_testdata(folder: Path, names: Iterable[str]) -> Path:
     """``folder``, made here, with copies of pydicom's test files ``names``."""
     folder.mkdir(parents=True)
     for name in names:

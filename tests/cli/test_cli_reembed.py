@@ -22,7 +22,7 @@ from indexer.encoders.encoder import Encoder
 from indexer.errors import MedsearchError
 from indexer.settings import EncoderSettings
 from tests.cli.test_cli_embed import medsearch
-from tests.conftest import testdata_folder
+from tests.conftest import copy_testdata
 
 MODEL = Path(__file__).parents[1] / "data" / "test_model"
 SECOND_SEED = 20241231
@@ -64,7 +64,7 @@ def second_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture()
 def sources(tmp_path: Path) -> tuple[Path, Path]:
-    src = testdata_folder(tmp_path / "src", FILES)
+    src = copy_testdata(tmp_path / "src", FILES)
     labels = tmp_path / "labels.csv"
     labels.write_text("path,finding\nCT_small.dcm,nodule\nMR_small.dcm,normal\n")
     return src, labels

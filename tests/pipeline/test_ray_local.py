@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import has_module, testdata_folder
+from tests.conftest import copy_testdata, has_module
 from tests.pipeline.conftest import TEST_MODEL
 
 pytestmark = [
@@ -35,7 +35,7 @@ def _ray_heads() -> set[int]:
 
 
 def test_a_ray_started_by_the_cli_runs_the_build_and_stops(tmp_path: Path) -> None:
-    src = testdata_folder(tmp_path / "src", FILES)
+    src = copy_testdata(tmp_path / "src", FILES)
     before = _ray_heads()
     report = tmp_path / "report.json"
     run = subprocess.run(

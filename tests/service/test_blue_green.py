@@ -28,7 +28,7 @@ from service import runtime as runtime_module
 from service import served as generations
 from service.app import create_app
 from tests.cli.test_cli_reembed import second_model  # noqa: F401 - a fixture
-from tests.conftest import testdata_folder
+from tests.conftest import copy_testdata
 from tests.service.conftest import settings_for
 from tests.service.live import serve
 
@@ -105,7 +105,7 @@ def test_symlinks_swapped_under_load_switch_index_and_model_together(
 ) -> None:
     caplog.set_level(logging.INFO, logger="service")
     monkeypatch.setattr(generations, "RETIRE_AFTER_S", 1.0)  # close old generations quickly
-    src = testdata_folder(tmp_path / "src", FILES)
+    src = copy_testdata(tmp_path / "src", FILES)
     blue, green = tmp_path / "idx-blue", tmp_path / "idx-green"
     _cli("index", "build", str(src), "--index", str(blue), "--model", str(MODEL))
     _cli(

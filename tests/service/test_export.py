@@ -15,7 +15,7 @@ import pytest
 
 from indexer.pipeline.runner import run_build
 from service.app import create_app
-from tests.conftest import testdata_folder
+from tests.conftest import copy_testdata
 from tests.pipeline.conftest import options
 from tests.service.conftest import KEY, TEST_MODEL, settings_for
 from tests.service.live import serve
@@ -29,7 +29,7 @@ GERMAN = {"chest": "Brustkorb", "head": "Schädel"}  # a column named and valued
 @pytest.fixture(scope="module")
 def labelled_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("export")
-    source = testdata_folder(root / "src", FILES)
+    source = copy_testdata(root / "src", FILES)
     sidecar = root / "labels.csv"
     rows = "".join(f"{n},{o},{GERMAN[o]}\n" for n, o in FILES.items())
     sidecar.write_text("path,organ,Körperteil\n" + rows, encoding="utf-8")
