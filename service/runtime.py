@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from indexer.encoders.encoder import Encoder
 from indexer.encoders.preprocess import Recipe
-from indexer.errors import ImageRefused
+from indexer.errors import ImageRefused, MedsearchError
 from indexer.imaging.burned_in import Region
 from indexer.imaging.guard import DecodeJob, DecoderPool
 from indexer.imaging.handover import slot_bytes
@@ -167,7 +167,8 @@ class Runtime:
         try:
             new = await self.run(self.loader.load, *paths, self.served)
         except Exception as exc:  # noqa: BLE001 - any failure: keep serving, say why once
-            reason = f"{type(exc).__name__}: {exc}"
+            # our refusals say why; another error's text may quote a URL: its type only
+            reason = str(exc) if isinstance(exc, MedsearchError) else type(exc).__name__
             if refused is None or refused[0] != paths or refused[2] != reason:
                 logger.warning(
                     "index %s with model %s not switched to (still serving %s): %s",
