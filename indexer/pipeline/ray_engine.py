@@ -108,6 +108,22 @@ def _cause(exc: BaseException) -> MedsearchError | None:
     return None
 
 
+_CONTEXT_FIELDS = ("target_max_block_size", "enable_progress_bars", "print_on_execution_start")
+
+
+def _data_context(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Ray Data settings the engine changes, as they are; with ``values``, set back."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    if values is not None:
+        for name in _CONTEXT_FIELDS:
+            setattr(context, name, values[name])
+        context.execution_options.preserve_order = values["preserve_order"]
+    found = {name: getattr(context, name) for name in _CONTEXT_FIELDS}
+    return {**found, "preserve_order": context.execution_options.preserve_order}
+
+
 def _quiet_ray_data() -> None:
     """Ray Data logs to its session's files (``/tmp/ray/session_*/logs``); on the terminal
     only its errors: the build prints its own progress and summary."""
@@ -206,6 +222,7 @@ class RayEngine:
         busy = {"prepare": 0.0, "embed": 0.0}
         dim = self.binding.embedding_dim
         started, cpu = time.perf_counter(), time.process_time()
+        saved = _data_context()
         try:
             dataset = self._dataset(feeder, imaging)
             feeder.start()
@@ -227,6 +244,7 @@ class RayEngine:
             raise cause from exc
         finally:
             feeder.close()
+            _data_context(saved)  # later datasets of this process get their own settings
         if feeder.errors:
             raise feeder.errors[0]
         if feeder.reads:
@@ -244,7 +262,7 @@ class RayEngine:
         from indexer.pipeline.ray_stages import DecodeStage, EncodeStage, salt_check
 
         ray, opts = self._ray, self.ray_options
-        context = DataContext.get_current()
+        context = DataContext.get_current()  # the process's: put back by run() at the end
         context.execution_options.preserve_order = True  # reruns choose the same duplicates
         context.target_max_block_size = 1  # every row (a packed batch) is a block of its own
         context.enable_progress_bars = False  # the build has its own

@@ -91,10 +91,15 @@ def _failures(index_dir: Path) -> dict[str, str]:
 def test_the_corpus_on_ray_is_the_local_build(
     ray_address: str, built_index: tuple[Path, BuildReport], tmp_path: Path
 ) -> None:
+    from ray.data import DataContext
+
     local_dir, local = built_index
     index_dir = tmp_path / "ray"
+    block_size = DataContext.get_current().target_max_block_size
     started = time.perf_counter()
     report = run_build(options([str(corpus_dir())], index_dir, engine="ray", ray=_ray()))
+    # the engine's Ray Data settings were the run's: the process's are as they were
+    assert DataContext.get_current().target_max_block_size == block_size
     got, want = report.to_dict(), local.to_dict()
     print(f"\nray build: {time.perf_counter() - started:.1f} s, {got['indexed']} images")
     for key in ("indexed", "duplicates", "failed"):
