@@ -55,7 +55,9 @@ def test_a_worker_killed_between_jobs_fails_no_job() -> None:
 
 def test_a_worker_dying_mid_job_is_retried_once_on_a_fresh_worker(tmp_path: Path) -> None:
     big = tmp_path / "big.png"
-    Image.effect_noise((4000, 4000), 60).save(big)  # slow enough to be killed mid-job
+    # 36 Mpx (under the 40 Mpx limit): ~1 s to decode, so the kill 0.3 s in lands mid-job
+    # (4000x4000 decoded in under 0.3 s on an idle machine: the kill came after the job)
+    Image.effect_noise((6000, 6000), 60).save(big, compress_level=1)
     worker = DecoderWorker(ImagingSettings())
     try:
         assert worker.decode(DecodeJob(data=_bytes("CT_small.dcm"))).ok
