@@ -129,7 +129,7 @@ def cpu_runs(corpus: Path, tmp: Path, cores: int) -> dict[str, Any]:
     local = build(corpus, tmp / "local", MODEL, workers=cores)
     started = time.perf_counter()
     ray.init(
-        num_cpus=cores + 1, include_dashboard=False, log_to_driver=False,
+        address="local", num_cpus=cores + 1, include_dashboard=False, log_to_driver=False,
         logging_level=logging.ERROR,
         runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}:{Path(__file__).parent}"}},
     )  # fmt: skip
@@ -175,7 +175,10 @@ def cpu_runs(corpus: Path, tmp: Path, cores: int) -> dict[str, Any]:
 def gpu_run(corpus: Path, tmp: Path, model: Path, cores: int) -> dict[str, Any]:
     import ray
 
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    ray.init(
+        address="local", include_dashboard=False, log_to_driver=False,
+        logging_level=logging.ERROR,
+    )  # fmt: skip
     gpus = int(ray.cluster_resources().get("GPU", 0))
     try:
         if not gpus:

@@ -34,7 +34,11 @@ Frames = Annotated[
 ShowProgress = Annotated[bool, typer.Option(help="progress bar on stderr")]
 Engine = Annotated[str, typer.Option(help="local (this host) or ray (a Ray cluster)")]
 RayAddress = Annotated[
-    str | None, typer.Option(help="ray: a running cluster (auto, host:6379); default: start one")
+    str | None,
+    typer.Option(
+        envvar="RAY_ADDRESS",
+        help="ray: a running cluster (auto, host:6379); default: start one here",
+    ),
 ]
 Encoders = Annotated[int, typer.Option(min=1, help="ray: encoder actors (one per GPU)")]
 GpusPerEncoder = Annotated[float, typer.Option(min=0, help="ray: GPUs per encoder (0: CPU)")]

@@ -20,6 +20,11 @@ archive members, the driver reads the bytes and ships them. Secrets never travel
 Ray: the patient-hash salt is each node's ``MEDSEARCH_PATIENT_HASH_SALT``, checked against
 the driver's by a digest.
 
+Which Ray: ``--ray-address`` (or ``RAY_ADDRESS``) joins a running cluster; an address
+where nothing listens, or a cluster whose token this host lacks, is refused with advice
+before the index is touched. Without one, a Ray of this host alone is started for the
+build (``address="local"``: not the cluster that ``ray start`` may run here).
+
 Ray is the optional ``ray`` extra; this module imports it only when the engine runs.
 """
 
@@ -28,7 +33,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,6 +86,38 @@ def import_ray() -> Any:
     return ray
 
 
+_FEW_INPUTS = "The minimum number of concurrent actors .* only received"
+_NO_TOKEN = (
+    "the Ray cluster asks for a token and this host has none: copy the head node's "
+    "~/.ray/auth_token here (or set RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)"
+)
+ANSWER_TIMEOUT_S = 5.0
+
+
+def _answers(address: str) -> None:
+    """A ``host:port`` where nothing listens is refused now: Ray would retry it for
+    minutes. Other forms ("auto", "ray://...") are Ray's to resolve."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), ANSWER_TIMEOUT_S).close()
+    except OSError as exc:
+        raise MedsearchError(
+            f"no Ray cluster answers at {address} ({exc.strerror or type(exc).__name__}): "
+            "is `ray start --head` running there, and is this its port (6379 by default)?"
+        ) from None
+
+
+def _connect_advice(address: str, exc: ConnectionError) -> str:
+    if address == "auto":
+        return f"--ray-address auto found no cluster that `ray start` runs on this host ({exc})"
+    return (
+        f"cannot join the Ray cluster at {address}: {exc}. Every node and this host need "
+        "the same RAY_AUTH_MODE, the head's token (~/.ray/auth_token) and the same Ray"
+    )
+
+
 def model_binding(model_dir: Path, recipe: str | None) -> tuple[ModelBinding, Recipe]:
     """The model's binding and recipe from its manifest alone: the driver loads no model
     (the encoder actors load and verify it where they run)."""
@@ -126,7 +165,10 @@ def _data_context(values: dict[str, Any] | None = None) -> dict[str, Any]:
 
 def _quiet_ray_data() -> None:
     """Ray Data logs to its session's files (``/tmp/ray/session_*/logs``); on the terminal
-    only its errors: the build prints its own progress and summary."""
+    only its errors: the build prints its own progress and summary, and no warning that
+    misleads."""
+    # Ray Data counts the source's one input block, not the batches it streams from it
+    warnings.filterwarnings("ignore", _FEW_INPUTS, UserWarning)
     for handler in logging.getLogger("ray.data").handlers:
         if handler.get_name() == "console":
             handler.setLevel(logging.ERROR)
@@ -153,16 +195,31 @@ class RayEngine:
         return settings.model_copy(update={"provider": "cuda" if on_gpu else "cpu"})
 
     def connect(self) -> None:
+        try:
+            self._connect()
+        except BaseException:
+            self.close()  # a Ray started here stops with the refusal
+            raise
+
+    def _connect(self) -> None:
         ray, opts = self._ray, self.ray_options
         if not ray.is_initialized():
             os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage reports from a Ray we start
             common = {"log_to_driver": False, "logging_level": logging.ERROR}
             if opts.address:
-                ray.init(address=opts.address, **common)
+                _answers(opts.address)
+                try:
+                    ray.init(address=opts.address, **common)
+                except ConnectionError as exc:  # Ray's own, after its retries
+                    raise MedsearchError(_connect_advice(opts.address, exc)) from None
+                except ray.exceptions.AuthenticationError:
+                    raise MedsearchError(f"{_NO_TOKEN} ({opts.address})") from None
             else:  # this host alone: a logical CPU per actor, whatever the cores (the
-                # local engine too runs its decoders and its encoder on the same cores)
+                # local engine too runs its decoders and its encoder on the same cores).
+                # "local": a new Ray, even where `ray start` runs one (which ray.init()
+                # would join, refusing num_cpus)
                 cpus = self.decode_cpus + opts.encoders
-                ray.init(num_cpus=cpus, include_dashboard=False, **common)
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, **common)
             self._owned = True
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         here = ray.get_runtime_context().get_node_id()

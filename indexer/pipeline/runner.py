@@ -198,6 +198,7 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
     if options.engine == "ray":  # the encoder actors load the model, not this process
         ray_engine = RayEngine(options, encoder_settings)
         binding = ray_engine.binding
+        ray_engine.connect()  # a cluster that is not there is refused before the catalog
     else:
         # the decoder processes start first: they import their codecs while the model
         # loads (~1 s each on 2 cores), so the first batch does not wait for them
@@ -216,7 +217,7 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
             sidecar = SidecarTable.load(options.sidecar, options.sidecar_key)
         catalog = open_catalog(options.index_dir)
     except BaseException:
-        _close(preparers)
+        _close(preparers, ray_engine)
         raise
     listing = options.listing
     try:
@@ -235,7 +236,7 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
             )
     except BaseException:
         catalog.close()
-        _close(preparers)
+        _close(preparers, ray_engine)
         raise
     run_id = catalog.start_run(options.command, list(options.sources))
     report = BuildReport(run_id=run_id)
@@ -245,8 +246,6 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
     if ray_engine is None:
         embedder = Embedder(loaded, binding.recipe)
     try:
-        if ray_engine is not None:
-            ray_engine.connect()
         with Progress(total, enabled=options.progress) as progress:
 
             def committed(batch: list[Prepared], counts: tuple[int, int, int]) -> None:
@@ -297,9 +296,7 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
         report.index = sync_index(catalog, options.index_dir, binding, rebuild=options.rebuild)
         status = "done"
     finally:
-        _close(preparers)
-        if ray_engine is not None:
-            ray_engine.close()
+        _close(preparers, ray_engine)
         report.seconds = time.perf_counter() - started
         catalog.finish_run(run_id, report.to_dict(), status)
         write_report(options.index_dir, report)
@@ -307,9 +304,11 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
     return report
 
 
-def _close(preparers: list[Preparer]) -> None:
+def _close(preparers: list[Preparer], ray_engine: RayEngine | None = None) -> None:
     for preparer in preparers:
         preparer.close()
+    if ray_engine is not None:
+        ray_engine.close()
 
 
 def write_report(index_dir: Path, report: BuildReport) -> Path:

@@ -55,6 +55,7 @@ def ray_address() -> Iterator[str]:
     # sets MEDSEARCH_DICOMWEB_* in the environment of every `ray start`)
     env = {"PYTHONPATH": str(ROOT), **PACS_AUTH}
     context = ray.init(
+        address="local",  # not a cluster that `ray start` runs on this host
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

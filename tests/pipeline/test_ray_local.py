@@ -85,7 +85,7 @@ def test_an_encoder_that_would_fall_back_to_cpu_refuses(tmp_path: Path) -> None:
     from tests.pipeline.conftest import options
 
     ray = import_ray()
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         ray_options = RayOptions(decode_cpus=1, gpus_per_encoder=1)
         opts = options([str(tmp_path)], tmp_path / "index", engine="ray", ray=ray_options)
