@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect
 
 from indexer.store import db
 from indexer.store.catalog import Catalog
@@ -54,10 +54,16 @@ def test_db_upgrade_command(tmp_path: Path) -> None:
     assert (tmp_path / "catalog.sqlite3").exists()
 
 
-def test_revision_0002_gives_an_existing_catalog_its_id(tmp_path: Path) -> None:
+def _catalog_at(tmp_path: Path, revision: str) -> tuple[str, Engine]:
+    """A SQLite catalog upgraded to ``revision`` only: its URL and engine."""
     url = db.sqlite_url(tmp_path / "c.sqlite3")
     engine = db.make_engine(url)
-    db.upgrade(engine, "0001")
+    db.upgrade(engine, revision)
+    return url, engine
+
+
+def test_revision_0002_gives_an_existing_catalog_its_id(tmp_path: Path) -> None:
+    url, engine = _catalog_at(tmp_path, "0001")
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO catalog_info (model_fingerprint, embedding_dim, recipe, "
@@ -77,9 +83,7 @@ def test_revision_0002_gives_an_existing_catalog_its_id(tmp_path: Path) -> None:
 def test_revision_0006_unescapes_label_keys_so_they_filter(tmp_path: Path) -> None:
     """A catalog written before 0006 holds ``{"K\\u00f6rperteil": ...}``: after the upgrade
     the label filter finds its items (SQLite matches JSON keys as stored)."""
-    url = db.sqlite_url(tmp_path / "c.sqlite3")
-    engine = db.make_engine(url)
-    db.upgrade(engine, "0005")
+    url, engine = _catalog_at(tmp_path, "0005")
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO runs (id, command, sources, user, host, started_at, status, counts) "
