@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -13,10 +14,12 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from indexer.encoders.encoder import Encoder
+from indexer.errors import MedsearchError
 from indexer.pipeline.runner import BuildReport, run_build
 from indexer.settings import EncoderSettings
 
 TEST_MODEL = Path(__file__).parent / "data" / "test_model"
+SECOND_SEED = 20241231  # the second test model: the bundled one's architecture, another seed
 
 
 def copy_testdata(folder: Path, names: Iterable[str]) -> Path:
@@ -90,3 +93,32 @@ def built_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BuildRe
     index_dir = tmp_path_factory.mktemp("index")
     report = run_build(options([str(corpus_dir())], index_dir))
     return index_dir, report
+
+
+def _loads(model_dir: Path) -> bool:
+    try:
+        Encoder.load(model_dir, EncoderSettings(provider="cpu"))  # hashes and self-test
+    except (MedsearchError, OSError, ValueError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def second_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled test model's architecture with another seed: made once (about 20 s of
+    torch export) and kept in pytest's cache between runs."""
+    pytest.importorskip("torch", reason="needs the export extra to make a second model")
+    from indexer.model.synthetic import build_test_model
+
+    cache = request.config.cache
+    root = cache.mkdir("medsearch-second-model") if cache else tmp_path_factory.mktemp("m")
+    model = root / f"seed-{SECOND_SEED}"
+    if not _loads(model):
+        shutil.rmtree(model, ignore_errors=True)
+        started = time.perf_counter()
+        tokenizer = TEST_MODEL / "tokenizer"
+        build_test_model(
+            model, tokenizer / "vocab.json", tokenizer / "merges.txt", seed=SECOND_SEED, fp16=False
+        )
+        print(f"\nsecond test model made in {time.perf_counter() - started:.1f} s")
+    return model

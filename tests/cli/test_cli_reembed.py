@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,48 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.encoders.encoder import Encoder
-from indexer.errors import MedsearchError
-from indexer.settings import EncoderSettings
 from tests.cli.test_cli_embed import medsearch
 from tests.conftest import copy_testdata
 
 MODEL = Path(__file__).parents[1] / "data" / "test_model"
-SECOND_SEED = 20241231
 QUICK = {"MEDSEARCH_INTRA_OP_THREADS": "1"}
 FILES = (
     "CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle_2frame.dcm",
     "MR_small_RLE.dcm", "liver_1frame.dcm", "JPGExtended.dcm", "rtplan.dcm",
 )  # fmt: skip
-
-
-def _loads(model_dir: Path) -> bool:
-    try:
-        Encoder.load(model_dir, EncoderSettings(provider="cpu"))  # hashes and self-test
-    except (MedsearchError, OSError, ValueError):
-        return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def second_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled test model's architecture with another seed: made once (about 20 s of
-    torch export) and kept in pytest's cache between runs."""
-    pytest.importorskip("torch", reason="needs the export extra to make a second model")
-    from indexer.model.synthetic import build_test_model
-
-    cache = request.config.cache
-    root = cache.mkdir("medsearch-second-model") if cache else tmp_path_factory.mktemp("m")
-    model = root / f"seed-{SECOND_SEED}"
-    if not _loads(model):
-        shutil.rmtree(model, ignore_errors=True)
-        started = time.perf_counter()
-        tokenizer = MODEL / "tokenizer"
-        build_test_model(
-            model, tokenizer / "vocab.json", tokenizer / "merges.txt", seed=SECOND_SEED, fp16=False
-        )
-        print(f"\nsecond test model made in {time.perf_counter() - started:.1f} s")
-    return model
 
 
 @pytest.fixture()

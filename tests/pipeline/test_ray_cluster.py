@@ -5,6 +5,7 @@ from the head. Also what a user gets wrong: a host without the token, an address
 nothing listens (refused at once, not after minutes of Ray's retries, and before the
 index is touched), and a build without ``--ray-address`` on a host where ``ray start``
 runs a cluster (it starts a Ray of its own, as documented, instead of joining that one).
+And ``index reembed --engine ray`` onto the cluster, from the CLI, with a second model.
 
 One cluster for the module, two nodes on this host (1 + 2 logical CPUs), in Ray's default
 temporary directory as ``ray start`` makes it, with ``HOME`` in a temporary folder (the
@@ -24,8 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tests.cli.test_cli_reembed import _rows, _snapshot
 from tests.conftest import copy_testdata, has_module
 from tests.pipeline.conftest import TEST_MODEL
 
@@ -100,6 +103,14 @@ def _build(
     return run, index
 
 
+def _medsearch(env: dict[str, str], *args: str) -> None:
+    run = subprocess.run(
+        [str(BIN / "medsearch"), *args, "--no-progress"], env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 def _refused(run: subprocess.CompletedProcess[str]) -> str:
     """A refusal: one clear message, no traceback."""
     assert run.returncode != 0
@@ -159,3 +170,31 @@ def test_without_an_address_a_ray_of_its_own_runs_beside_the_cluster(
     assert facts["address"] == "local" and facts["nodes"] == 1 and facts["cpus"] == 2
     status = _ray(cluster.env, "status", "--address", cluster.address)
     assert len(re.findall(r"^ \d+ node_", status, re.MULTILINE)) == 2  # it is still up
+
+
+def test_reembed_onto_the_cluster_is_a_fresh_build_with_the_new_model(
+    cluster: Cluster, second_model: Path, tmp_path: Path
+) -> None:
+    src = copy_testdata(tmp_path / "src", FILES)
+    old, new, fresh = tmp_path / "old", tmp_path / "new", tmp_path / "fresh"
+    model = str(TEST_MODEL)
+    _medsearch(cluster.env, "index", "build", str(src), "--index", str(old), "--model", model)
+    before = _snapshot(old)
+    _medsearch(
+        cluster.env, "index", "reembed", "--from", str(old), "--index", str(new),
+        "--model", str(second_model), "--engine", "ray", "--ray-address", "auto",
+        "--decode-cpus", "2", "--shared-paths",
+    )  # fmt: skip
+    assert _snapshot(old) == before
+    facts = json.loads(max((new / "reports").glob("run-*.json")).read_text())["stages"]["ray"]
+    assert facts["nodes"] == 2
+    _medsearch(
+        cluster.env, "index", "build", str(src), "--index", str(fresh),
+        "--model", str(second_model),
+    )  # fmt: skip
+    got, want, was = _rows(new), _rows(fresh), _rows(old)
+    assert got.keys() == want.keys() == was.keys() and len(got) == 3
+    for identity, (uri, labels, vector) in got.items():
+        assert (uri, labels) == want[identity][:2]
+        assert float(np.dot(vector, want[identity][2])) >= 0.9999, identity
+        assert float(np.dot(vector, was[identity][2])) < 0.99  # the new model's vector

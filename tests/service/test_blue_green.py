@@ -27,7 +27,6 @@ from indexer.settings import EncoderSettings
 from service import runtime as runtime_module
 from service import served as generations
 from service.app import create_app
-from tests.cli.test_cli_reembed import second_model  # noqa: F401 - a fixture
 from tests.conftest import copy_testdata
 from tests.service.conftest import settings_for
 from tests.service.live import serve
@@ -98,7 +97,7 @@ class Clients:
 
 
 def test_symlinks_swapped_under_load_switch_index_and_model_together(
-    second_model: Path,  # noqa: F811 - the fixture imported above
+    second_model: Path,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
