@@ -95,11 +95,16 @@ ANSWER_TIMEOUT_S = 5.0
 
 
 def _answers(address: str) -> None:
-    """A ``host:port`` where nothing listens is refused now: Ray would retry it for
-    minutes. Other forms ("auto", "ray://...") are Ray's to resolve."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or "://" in address:
+    """``auto``, or a ``HOST:PORT`` where something listens: refused now otherwise (Ray
+    would retry an address where nothing listens for minutes)."""
+    if address == "auto":
         return
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MedsearchError(
+            f"--ray-address must be auto or HOST:PORT (the head's port, 6379 by default), "
+            f"not {address!r}; run medsearch on a node of the cluster (no ray:// client)"
+        )
     try:
         socket.create_connection((host.strip("[]"), int(port)), ANSWER_TIMEOUT_S).close()
     except OSError as exc:

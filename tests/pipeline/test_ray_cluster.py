@@ -159,6 +159,14 @@ def test_an_address_where_nothing_listens_is_refused_at_once(
     assert not index.exists()
 
 
+@pytest.mark.parametrize("address", ["head", "head:port", "ray://127.0.0.1:10001", "head:0"])
+def test_an_address_that_is_not_one_is_refused(address: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run, index = _build(tmp_path, env, "--ray-address", address)
+    assert "--ray-address must be auto or HOST:PORT" in _refused(run)
+    assert not index.exists()
+
+
 def test_without_an_address_a_ray_of_its_own_runs_beside_the_cluster(
     cluster: Cluster, tmp_path: Path
 ) -> None:
