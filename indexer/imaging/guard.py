@@ -56,7 +56,6 @@ from pydantic import SecretStr
 
 from indexer.encoders.preprocess import Recipe
 from indexer.imaging.burned_in import Region
-from indexer.imaging.decode import decode_bytes, decode_path
 from indexer.imaging.handover import SharedSlot, WorkerSlots, hand_over, slot_bytes
 from indexer.imaging.phash import warm_up
 from indexer.imaging.types import DecodeResult, FileInfo, Reason
@@ -124,6 +123,8 @@ def _serve(conn: Connection, settings_json: str, salt: str | None, capture: str)
     may have leaked what it allocated, leaving too little even to answer): the parent
     reads that as ``decode memory limit``.
     """
+    from indexer.imaging.decode import decode_bytes, decode_path  # here, not in the parent
+
     _capture_output(capture)
     settings = ImagingSettings.model_validate_json(settings_json)
     if salt is not None:

@@ -30,17 +30,14 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from indexer.encoders.encoder import Encoder
 from indexer.encoders.preprocess import Recipe
-from indexer.encoders.sessions import CUDA
 from indexer.errors import MedsearchError, ModelMismatchError, ProviderError
 from indexer.imaging.guard import DecodeJob, DecoderWorker
 from indexer.imaging.types import DecodeResult, Reason
-from indexer.pipeline.embedder import Embedder
 from indexer.pipeline.items import ReadItem, fetch
 from indexer.pipeline.preparer import Prepared
 from indexer.pipeline.ray_rows import (
@@ -61,12 +58,15 @@ from indexer.pipeline.ray_rows import (
     unpack,
 )
 from indexer.settings import EncoderSettings, ImagingSettings
-from indexer.sources import SourceItem, open_uri
+from indexer.sources import SourceItem
+
+if TYPE_CHECKING:  # the encoder actors import ONNX Runtime, the decode actors do not
+    from indexer.encoders.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
 DecoderFactory = Callable[[ImagingSettings], DecoderWorker]
-EncoderLoader = Callable[[Path, EncoderSettings], Encoder]
+EncoderLoader = Callable[[Path, EncoderSettings], "Encoder"]
 _SALT_CHECK = b"medsearch: same patient-hash salt on the driver and the workers"
 
 
@@ -92,8 +92,16 @@ def worker_imaging(public_json: str, expected_salt_check: str | None) -> Imaging
     return settings
 
 
+def _open_uri(uri: str) -> BinaryIO:
+    from indexer.sources.open import open_uri  # httpx: only where an item is read
+
+    return open_uri(uri)
+
+
 def _uri_item(uri: str, size: int) -> ReadItem:
-    item = SourceItem(uri=uri, relpath="", size=size or None, open=functools.partial(open_uri, uri))
+    item = SourceItem(
+        uri=uri, relpath="", size=size or None, open=functools.partial(_open_uri, uri)
+    )
     return ReadItem(item, None)
 
 
@@ -154,6 +162,10 @@ class EncodeStage:
         fingerprint: str,
         load: EncoderLoader | None = None,
     ) -> None:
+        from indexer.encoders.encoder import Encoder
+        from indexer.encoders.sessions import CUDA
+        from indexer.pipeline.embedder import Embedder
+
         encoder = (load or Encoder.load)(Path(model_dir), settings)  # hashes + self-test
         if encoder.fingerprint != fingerprint:
             raise ModelMismatchError(
