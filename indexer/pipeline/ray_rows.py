@@ -40,19 +40,38 @@ _NO_PIXELS: npt.NDArray[np.uint8] = np.zeros(0, dtype=np.uint8)
 
 
 def pack(columns: Columns) -> Any:
-    """``columns`` as Arrow IPC bytes (a ``pyarrow.Buffer``)."""
-    table = pa.table(columns)
+    """``columns`` as Arrow IPC bytes (a ``pyarrow.Buffer``). A column of arrays (the
+    pixels) is copied once, into one buffer (from ``bytes`` objects, Arrow copies each
+    again: 20 ms for 32 images of 480 x 480, against 3 ms)."""
+    table = pa.table({name: _arrays(values) for name, values in columns.items()})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue()
 
 
+def _arrays(values: list[Any]) -> Any:
+    if not values or not isinstance(values[0], np.ndarray):
+        return values
+    flat = [np.ascontiguousarray(v).reshape(-1).view(np.uint8) for v in values]
+    offsets = np.cumsum([0, *(v.size for v in flat)], dtype=np.int64)
+    data = pa.py_buffer(np.concatenate(flat))
+    return pa.Array.from_buffers(pa.large_binary(), len(flat), [None, pa.py_buffer(offsets), data])
+
+
 def unpack(blob: Any) -> Columns:
-    """The columns of a packed batch (``bytes`` or a ``pyarrow.Buffer``)."""
+    """The columns of a packed batch (``bytes`` or a ``pyarrow.Buffer``); binary values
+    as ``pyarrow.Buffer`` views of ``blob``, not copies."""
     buffer = blob if isinstance(blob, pa.Buffer) else pa.py_buffer(blob)
-    columns: Columns = pa.ipc.open_stream(buffer).read_all().to_pydict()
-    return columns
+    table = pa.ipc.open_stream(buffer).read_all()
+    return {name: _values(table.column(name)) for name in table.column_names}
+
+
+def _values(column: Any) -> list[Any]:
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        return [value.as_buffer() for value in column]
+    values: list[Any] = column.to_pylist()
+    return values
 
 
 def to_block(blobs: list[Any]) -> Any:
@@ -108,14 +127,16 @@ def result_rows(out: Columns, seq: int, uri: str, result: DecodeResult, seconds:
     for index, image in enumerate(images or [None]):
         row = dict(common, prepare_s=seconds if index == 0 else 0.0)
         if image is None:
-            row.update(meta="", grey=False, recipe="", pixels=b"", height=0, width=0, channels=0)
+            row.update(
+                meta="", grey=False, recipe="", pixels=_NO_PIXELS, height=0, width=0, channels=0
+            )
         else:
             pixels = np.ascontiguousarray(image.pixels, dtype=np.uint8)
             row.update(
                 meta=image.metadata.model_dump_json(),
                 grey=image.grey,
                 recipe=image.recipe or "",
-                pixels=pixels.tobytes(),
+                pixels=pixels,
                 height=pixels.shape[0],
                 width=pixels.shape[1],
                 channels=pixels.shape[2] if pixels.ndim == 3 else 0,  # 0: grey, one channel
