@@ -142,7 +142,9 @@ class Loader:
             thumbnails=LRU(self.settings.thumbnail_cache_size),
         )
 
-    def _batcher(self, fn: Callable[[Any], list[Vector]], pool: Executor, kind: str) -> Any:
+    def _batcher(
+        self, fn: Callable[[Any], list[Vector]], pool: Executor, kind: str
+    ) -> MicroBatcher[Any, Vector]:
         s = self.settings
         return MicroBatcher(
             fn,

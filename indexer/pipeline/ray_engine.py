@@ -94,7 +94,7 @@ _NO_TOKEN = (
 ANSWER_TIMEOUT_S = 5.0
 
 
-def _answers(address: str) -> None:
+def _check_address(address: str) -> None:
     """``auto``, or a ``HOST:PORT`` where something listens: refused now otherwise (Ray
     would retry an address where nothing listens for minutes)."""
     if address == "auto":
@@ -212,7 +212,7 @@ class RayEngine:
             os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage reports from a Ray we start
             common = {"log_to_driver": False, "logging_level": logging.ERROR}
             if opts.address:
-                _answers(opts.address)
+                _check_address(opts.address)
                 try:
                     ray.init(address=opts.address, **common)
                 except ConnectionError as exc:  # Ray's own, after its retries
