@@ -28,7 +28,11 @@ does not need; model inputs cross through a shared-memory slot per worker
 Codec libraries write to the terminal (``Invalid number of tiles``, pydicom warnings) and a
 dying worker prints its traceback: a worker's standard output and error go to a capture
 file instead, read after each job and logged at DEBUG level with quoted values redacted
-(a pydicom warning may quote an attribute value). A crash is reported in one line.
+(a pydicom warning may quote an attribute value). A crash is reported in one line. The
+capture file has no name (a memory file, its descriptor handed to the worker, as the
+shared-memory slot's is): a parent killed by SIGKILL, as Ray actors and killed builds are,
+leaves nothing behind (named files were left in the temporary directory, one per worker,
+by every such kill: 156 on a test machine).
 
 Workers are started with ``spawn``: they share nothing with a parent that may hold ONNX
 Runtime threads or open databases. Their settings cross as JSON without secrets; the
@@ -37,12 +41,12 @@ patient-hash salt is passed on its own (a ``SecretStr`` serialises masked).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing as mp
 import os
 import re
 import select
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -56,7 +60,14 @@ from pydantic import SecretStr
 
 from indexer.encoders.preprocess import Recipe
 from indexer.imaging.burned_in import Region
-from indexer.imaging.handover import SharedSlot, WorkerSlots, hand_over, slot_bytes
+from indexer.imaging.handover import (
+    HandedFd,
+    SharedSlot,
+    WorkerSlot,
+    hand_over,
+    slot_bytes,
+    unnamed_file,
+)
 from indexer.imaging.phash import warm_up
 from indexer.imaging.types import DecodeResult, FileInfo, Reason
 from indexer.settings import ImagingSettings
@@ -107,16 +118,25 @@ def _address_space() -> int:
         return 0
 
 
-def _capture_output(path: str) -> None:
-    """Send this process's fd 1 and 2 (C codecs, warnings, tracebacks) to ``path``."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+def _capture_file() -> int:
+    """A file with no name for a worker's output, in append mode (the worker's writes land
+    at its end after the parent empties it)."""
+    fd = unnamed_file("medsearch-decoder-output")
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+    return fd
+
+
+def _capture_output(fd: int) -> None:
+    """Send this process's fd 1 and 2 (C codecs, warnings, tracebacks) to ``fd``."""
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
     warnings.simplefilter("always")  # one line per item, not once per process
 
 
-def _serve(conn: Connection, settings_json: str, salt: str | None, capture: str) -> None:
+def _serve(
+    conn: Connection, settings_json: str, salt: str | None, capture: int, slot_fd: int
+) -> None:
     """Worker main loop: decode jobs until the pipe closes.
 
     A worker that meets its memory limit exits at once with :data:`MEMORY_EXIT` (a codec
@@ -131,10 +151,10 @@ def _serve(conn: Connection, settings_json: str, salt: str | None, capture: str)
         settings = settings.model_copy(update={"patient_hash_salt": SecretStr(salt)})
     _limit_memory(settings.decode_memory_mb)
     warm_up()  # lazy imports now, while the parent loads its model
-    slots = WorkerSlots()
+    slot = WorkerSlot(slot_fd)
     while True:
         try:
-            job, slot = conn.recv()
+            job, use_slot = conn.recv()
         except (EOFError, OSError):
             return
         except MemoryError:
@@ -147,7 +167,7 @@ def _serve(conn: Connection, settings_json: str, salt: str | None, capture: str)
             if result.reason == Reason.MEMORY:
                 os._exit(MEMORY_EXIT)
             handed = hand_over(result, job.recipe, job.thumbnail, job.mask)
-            message, layout = slots.put(handed, slot)  # no slot: all in the message
+            message, layout = slot.put(handed, use_slot)  # no slot: all in the message
             conn.send((message, layout, _address_space()))
         except MemoryError:
             os._exit(MEMORY_EXIT)
@@ -175,10 +195,9 @@ class DecoderWorker:
         self._poller: select.poll | None = None  # waits on the pipe (one per process)
         self._served = 0  # jobs answered by the current process
         self._base_vm = 0  # its address space after its first job
-        fd, self._capture = tempfile.mkstemp(prefix="medsearch-decoder-", suffix=".log")
-        os.close(fd)
+        self._capture = _capture_file()
         self._captured = True  # the capture file may hold output: empty it before a job
-        self._slot: SharedSlot | None = None
+        self._slot = SharedSlot()  # sized by the first job with a recipe
         self.restarts = 0
 
     def start(self) -> None:
@@ -190,7 +209,13 @@ class DecoderWorker:
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(
             target=_serve,
-            args=(child, self._settings_json, self._salt, self._capture),
+            args=(
+                child,
+                self._settings_json,
+                self._salt,
+                HandedFd(self._capture),
+                HandedFd(self._slot.fd),
+            ),
             daemon=True,
             name="medsearch-decoder",
         )
@@ -214,10 +239,9 @@ class DecoderWorker:
     def _read_capture(self) -> list[str]:
         """What the worker wrote since the job was sent (usually nothing: one stat)."""
         try:
-            if os.stat(self._capture).st_size == 0:
+            if os.fstat(self._capture).st_size == 0:
                 return []
-            with open(self._capture, "rb") as fp:
-                text = fp.read(CAPTURE_BYTES).decode("utf-8", "replace")
+            text = os.pread(self._capture, CAPTURE_BYTES, 0).decode("utf-8", "replace")
         except OSError:
             return []
         return [_redact(line) for line in text.splitlines() if line.strip()]
@@ -232,13 +256,14 @@ class DecoderWorker:
         conn = self._connection()
         info = FileInfo("", len(job.data) if job.data is not None else 0)
         if self._captured:
-            os.truncate(self._capture, 0)
+            os.ftruncate(self._capture, 0)
         try:
-            slot = self._slot_for(job)
-            conn.send((job, slot.name if slot is not None else None))
+            if job.recipe is not None:
+                self._slot.reserve(slot_bytes(job.recipe))
+            conn.send((job, job.recipe is not None))
             if self._answered(self.settings.decode_timeout_s):
                 message, layout, address_space = conn.recv()
-                result = slot.take(message, layout) if slot is not None else message
+                result = self._slot.take(message, layout)
                 self._after_job(result, address_space)
                 return result
             reason, detail = Reason.TIMEOUT, f"over {self.settings.decode_timeout_s:g} s"
@@ -263,17 +288,6 @@ class DecoderWorker:
         """Whether the worker answered (or closed its end) within ``timeout_s``."""
         assert self._poller is not None
         return bool(self._poller.poll(timeout_s * 1000))
-
-    def _slot_for(self, job: DecodeJob) -> SharedSlot | None:
-        """This worker's shared-memory slot, sized for the job's model input."""
-        if job.recipe is None:
-            return None
-        size = slot_bytes(job.recipe)
-        if self._slot is None or self._slot.size < size:
-            if self._slot is not None:
-                self._slot.close()
-            self._slot = SharedSlot(size)
-        return self._slot
 
     def _after_job(self, result: DecodeResult, address_space: int) -> None:
         output = self._read_capture()
@@ -304,10 +318,10 @@ class DecoderWorker:
 
     def close(self) -> None:
         self._kill()
-        Path(self._capture).unlink(missing_ok=True)
-        if self._slot is not None:
+        if self._capture >= 0:  # closed once (close may be called again)
+            os.close(self._capture)
+            self._capture = -1
             self._slot.close()
-            self._slot = None
 
 
 class DecoderPool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -133,3 +135,76 @@ def test_a_memory_bomb_is_refused(tmp_path: Path) -> None:
         assert worker.decode(DecodeJob(data=_bytes("CT_small.dcm"))).ok  # goes on
     finally:
         worker.close()
+
+
+_KILLED_PARENT = """
+import os, sys
+from pydicom.data import get_testdata_file
+from indexer.encoders.preprocess import make_recipe
+from indexer.imaging.guard import DecodeJob, DecoderWorker
+from indexer.settings import ImagingSettings
+
+recipe = make_recipe("reference", (480, 480), (0.5,) * 3, (0.5,) * 3)
+worker = DecoderWorker(ImagingSettings())
+assert worker.decode(DecodeJob(path=get_testdata_file("CT_small.dcm"), recipe=recipe)).ok
+held = set()
+for pid in (os.getpid(), worker.pid):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:  # the listing's own descriptor
+            pass
+print(worker.pid, *sorted(held), "end", sep="\\n", flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_parent_leaves_no_file_behind(tmp_path: Path) -> None:
+    """SIGKILL to the whole process group (as Ray stops its workers: the resource tracker
+    dies too): before, each worker left its capture file in the temporary directory and
+    its shared-memory block in /dev/shm (memory that only a reboot returned)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_PARENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    worker = int(proc.stdout.readline())
+    held = list(iter(lambda: proc.stdout.readline().strip(), "end"))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{worker}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any("medsearch" in name for name in held), held  # it did hold its files
+    left = [name for name in held if name.startswith("/") and os.path.exists(name)]
+    assert not [name for name in left if "medsearch" in name or "/dev/shm" in name], left
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_worker_s_last_words_name_its_crash() -> None:
+    """What a dying worker writes (a codec's abort message) ends the crash's detail, with
+    quoted values redacted, through the capture file it was handed."""
+    worker = DecoderWorker(ImagingSettings())
+    try:
+        result = worker.decode(_DyingJob(data=b"x"))
+    finally:
+        worker.close()
+    assert result.reason == Reason.CRASHED
+    assert result.detail == "exit code 70: codec abort on '…'"
+
+
+def _die_saying(message: bytes) -> None:
+    os.write(2, message)
+    os._exit(70)
+
+
+class _DyingJob(DecodeJob):
+    """A job whose arrival makes the worker print a line and die, as a crashing codec."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_die_saying, (b"codec abort on 'PATIENT^NAME'\n",))
