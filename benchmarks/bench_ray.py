@@ -76,6 +76,9 @@ def build(corpus: Path, index: Path, model: Path, **kw: Any) -> dict[str, Any]:
         "stages_s": stages["wall_s"],
         "images_per_s": round(report["indexed"] / stages["wall_s"], 1),
         "steady_images_per_s": stages["steady_images_per_s"],
+        # the stages' fill (start to first commit) and drain (last commit to their end)
+        "fill_s": stages["first_commit_s"],
+        "drain_s": round(stages["wall_s"] - (stages["last_commit_s"] or 0.0), 2),
         "busy_s": stages["busy_s"],
         "limiting_stage": stages["limiting_stage"],
     }

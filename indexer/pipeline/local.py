@@ -108,6 +108,7 @@ class StageStats:
             "wall_s": round(self.wall_s, 3),
             "steady_images_per_s": _round(self.steady_images_per_s()),
             "first_commit_s": _round(self.commits[0][0]) if self.commits else None,
+            "last_commit_s": _round(self.commits[-1][0]) if self.commits else None,
             "process_cpu_s": round(self.process_cpu_s, 3),
             "queue_depth": {
                 name: {"mean": round(float(np.mean(d)), 2) if d else 0.0, "max": max(d or [0])}
