@@ -177,6 +177,21 @@ def search_cmd(
     image: Annotated[Path | None, typer.Option(help="an image file (DICOM, PNG, ...)")] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=1000)] = 10,
     modality: Annotated[list[str] | None, typer.Option(help="filter (repeatable)")] = None,
+    body_part: Annotated[
+        list[str] | None, typer.Option(help="BodyPartExamined, e.g. CHEST (repeatable)")
+    ] = None,
+    view_position: Annotated[
+        list[str] | None, typer.Option(help="ViewPosition, e.g. AP (repeatable)")
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(help="COLUMN=VALUE of the sidecar CSV (repeatable: all must match)"),
+    ] = None,
+    source_prefix: Annotated[
+        str | None, typer.Option(help="only sources under this URI, e.g. file:///data/a/")
+    ] = None,
+    study_date_from: Annotated[str | None, typer.Option(help="YYYY-MM-DD")] = None,
+    study_date_to: Annotated[str | None, typer.Option(help="YYYY-MM-DD")] = None,
     level: Annotated[
         Level, typer.Option(help="images, or DICOM series, or studies (pooled vectors)")
     ] = Level.images,
@@ -186,16 +201,22 @@ def search_cmd(
 ) -> None:
     """Nearest neighbours of a text or an image, without the server, one line each, best
     first: images, or with ``--level series|study`` series and studies. ``--format csv``
-    for pandas (``pd.read_csv``)."""
+    for pandas (``pd.read_csv``). The filters are the service's (``filters`` of a
+    search request): every one given must match, a repeated one matches any value."""
     from indexer.cli.embed import open_images
     from indexer.encoders.encoder import Encoder
     from indexer.pipeline.runner import open_catalog
     from indexer.settings import EncoderSettings
-    from indexer.store.filters import Filters
     from indexer.store.searcher import Searcher
 
     if (text is None) == (image is None):
         raise typer.BadParameter("give exactly one of --text or --image")
+    filters = _filters(
+        modality=modality or None, body_part_examined=body_part or None,
+        view_position=view_position or None, labels=_labels(label),
+        source_prefix=source_prefix, study_date_from=study_date_from,
+        study_date_to=study_date_to,
+    )  # fmt: skip
     catalog = open_catalog(index, read_only=True)
     try:
         searcher = Searcher(index, catalog)
@@ -207,7 +228,6 @@ def search_cmd(
             assert image is not None
             recipe = encoder.recipe(searcher.binding.recipe)
             vector = encoder.embed_inputs(open_images([image], recipe), recipe.name)[0]
-        filters = Filters(modality=modality or None)
         if level == Level.images:
             rows = [
                 {
@@ -225,6 +245,39 @@ def search_cmd(
     finally:
         catalog.close()
     _emit(rows, output)
+
+
+def _labels(pairs: list[str] | None) -> dict[str, str] | None:
+    """``COLUMN=VALUE`` options as the filter's ``labels``."""
+    if not pairs:
+        return None
+    found: dict[str, str] = {}
+    for pair in pairs:
+        column, sep, value = pair.partition("=")
+        if not sep or not column:
+            raise typer.BadParameter(f"--label takes COLUMN=VALUE, not {pair!r}")
+        if found.get(column, value) != value:
+            raise typer.BadParameter(f"--label {column} given twice with different values")
+        found[column] = value
+    return found
+
+
+def _filters(**given: Any) -> Any:
+    """The search filters, or the CLI's usage error naming what is wrong."""
+    from pydantic import ValidationError
+
+    from indexer.store.filters import Filters
+
+    options = {"body_part_examined": "body_part", "labels": "label"}
+    try:
+        return Filters(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            option = options.get(field, field).replace("_", "-")
+            problems.append(f"--{option}: {error['msg']}")
+        raise typer.BadParameter("; ".join(problems)) from None
 
 
 def _emit(rows: list[dict[str, Any]], output: OutputFormat) -> None:

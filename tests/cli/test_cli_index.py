@@ -159,3 +159,37 @@ def test_a_build_prints_the_summary_not_codec_chatter(tmp_path: Path) -> None:
     assert run.stderr == "", run.stderr
     assert run.stdout.count("\n") == 1 and run.stdout.startswith("indexed 1,"), run.stdout
     assert "cannot decode pixel data 1" in run.stdout
+
+
+def test_search_takes_the_service_s_filters(folder: Path, tmp_path: Path) -> None:
+    """Sidecar labels, modality and source prefix narrow a CLI search as they narrow the
+    service's (before, the CLI had --modality alone); a malformed filter is a usage error."""
+    (tmp_path / "labels.csv").write_text("path,finding\nCT_small.dcm,nodule\nMR_small.dcm,normal\n")
+    index = tmp_path / "index"
+    _build(folder, index, "--metadata", str(tmp_path / "labels.csv"), "--key", "path")
+
+    def names(*filters: str) -> list[str]:
+        run = medsearch(
+            "index", "search", "--index", str(index), "--model", MODEL, "--text", "ct", *filters
+        )
+        assert run.returncode == 0, run.stderr[-1000:]
+        return sorted(
+            json.loads(line)["source_uri"].rsplit("/", 1)[1] for line in run.stdout.splitlines()
+        )
+
+    assert names() == ["CT_small.dcm", "MR_small.dcm"]
+    assert names("--label", "finding=nodule") == ["CT_small.dcm"]
+    assert names("--label", "finding=normal", "--modality", "MR") == ["MR_small.dcm"]
+    assert names("--label", "finding=normal", "--modality", "CT") == []
+    assert names("--source-prefix", (folder / "MR").as_uri()) == ["MR_small.dcm"]
+    assert names("--study-date-from", "2100-01-01") == []
+    for bad, message in (
+        (("--label", "finding"), "COLUMN=VALUE"),
+        (("--study-date-to", "2024-02-30"), "--study-date-to"),
+        (("--label", "a=1", "--label", "a=2"), "twice"),
+    ):
+        run = medsearch(
+            "index", "search", "--index", str(index), "--model", MODEL, "--text", "ct", *bad
+        )
+        assert run.returncode == 2 and message in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
