@@ -127,6 +127,12 @@ class ServiceSettings(BaseSettings):
         "exact re-ranking: memory (4 bytes x dim per item, filled in the background at "
         "start) or catalog (a database read per query)",
     )
+    rerank_store_max_gb: float = Field(
+        default=8.0,
+        gt=0,
+        description="most memory the re-rank store takes (GB, 10^9 bytes; 8: 2M vectors at "
+        "1024-d); the vectors of rows past it are read from the catalog per query",
+    )
     # PACS and viewer
     pacs_url: str | None = Field(
         default=None,

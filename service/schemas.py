@@ -201,3 +201,4 @@ class Health(BaseModel):
     thumbnail_policy: str | None = None  # safe | all | none (MEDSEARCH_THUMBNAIL_POLICY)
     rerank_store: str | None = None  # memory | catalog (MEDSEARCH_RERANK_STORE)
     rerank_vectors_held: int | None = None  # float32 vectors in memory for re-ranking
+    rerank_store_full: bool | None = None  # held up to MEDSEARCH_RERANK_STORE_MAX_GB

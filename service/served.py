@@ -116,7 +116,10 @@ class Loader:
         encoder = encoder or Encoder.load(model_dir, self.encoder_settings)
         catalog = Catalog.open(catalog_url(index_dir, self.catalog_settings), upgrade=False)
         try:
-            searcher = Searcher(index_dir, catalog, rerank=self.settings.rerank_store)
+            searcher = Searcher(
+                index_dir, catalog, rerank=self.settings.rerank_store,
+                rerank_max_bytes=int(self.settings.rerank_store_max_gb * 1e9),
+            )  # fmt: skip
             searcher.check_model(encoder.fingerprint)
             recipe = encoder.recipe(searcher.binding.recipe)
         except BaseException:

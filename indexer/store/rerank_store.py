@@ -15,8 +15,11 @@ catalog id instead (a lookup is a binary search, a few microseconds).
   after the fill are read by the next :meth:`~RerankStore.start` (the searcher calls it
   when it loads a new index version). A row committed late with a lower id than one
   already read (concurrent writers on PostgreSQL) is served from the catalog.
-- Memory: ``4 * dim`` bytes per active item (4 KB at 1024-d) on top of the index's codes
-  (~1.1 KB per vector for SQ8), with up to 25% spare room for rows added later.
+- Memory: ``4 * dim + 8`` bytes per active item (4 KB at 1024-d) on top of the index's
+  codes (~1.1 KB per vector for SQ8), with up to 25% spare room for rows added later, and
+  never more than ``max_bytes`` (``MEDSEARCH_RERANK_STORE_MAX_GB``, 8 by default: 2M
+  vectors at 1024-d; 10^7 would need 40 GB): past it the store keeps the rows it holds
+  (the lowest ids), says so once in the log, and the rest are read from the catalog.
   ``MEDSEARCH_RERANK_STORE=catalog`` keeps it off (re-rank from the catalog, as before).
 """
 
@@ -43,9 +46,11 @@ _GROWTH = 1.25  # capacity grows by this factor (spare room for rows added later
 class RerankStore:
     """Catalog embeddings by id, in memory; missing ids fall back to the catalog."""
 
-    def __init__(self, catalog: Catalog, dim: int) -> None:
+    def __init__(self, catalog: Catalog, dim: int, max_bytes: int | None = None) -> None:
         self._catalog = catalog
         self._dim = dim
+        # rows that fit in max_bytes (ids and vectors); None: no limit
+        self.max_rows = None if max_bytes is None else max_bytes // (4 * dim + 8)
         self._fill_lock = threading.Lock()  # one fill at a time
         self._ids = np.zeros(0, np.int64)  # capacity-sized buffers; the first ``n`` rows hold
         self._vectors = np.zeros((0, dim), np.float32)
@@ -74,22 +79,42 @@ class RerankStore:
             return not self._thread.is_alive()
         return True
 
+    @property
+    def full(self) -> bool:
+        """Whether the store holds all that ``max_bytes`` allows (later rows: catalog)."""
+        return self.max_rows is not None and self.size >= self.max_rows
+
     def _fill_logged(self) -> None:
         try:
+            was_full = self.full
             added = self.fill()
             logger.info("re-rank store: %d vectors held (%d new)", self.size, added)
+            if self.full and not was_full:
+                logger.warning(
+                    "re-rank store full at %d vectors (MEDSEARCH_RERANK_STORE_MAX_GB): the "
+                    "vectors of later rows are read from the catalog per query",
+                    self.size,
+                )
         except Exception:  # the catalog path still answers; say why memory does not
             logger.exception("re-rank store fill failed; re-ranking reads the catalog")
 
     def fill(self) -> int:
         """Read the active rows after the highest id held; returns how many were added."""
         with self._fill_lock:
+            if self.full:  # later rows stay in the catalog
+                self.fills += 1
+                return 0
             n = self.size
             after = int(self._ids[n - 1]) if n else 0
             added = 0
             for ids, vectors in self._catalog.vectors(after_id=after):
                 if vectors.shape[1] != self._dim:
                     raise CatalogError(f"embeddings of dim {vectors.shape[1]}, not {self._dim}")
+                if self.max_rows is not None:
+                    room = self.max_rows - n - added
+                    ids, vectors = ids[:room], vectors[:room]
+                    if not len(ids):
+                        break
                 self._reserve(n + added + len(ids))
                 self._ids[n + added : n + added + len(ids)] = ids
                 self._vectors[n + added : n + added + len(ids)] = vectors
@@ -105,6 +130,8 @@ class RerankStore:
         first = self._ids.size == 0
         planned = self._catalog.count() if first else self._ids.size
         wanted = max(rows, int(planned * _GROWTH))
+        if self.max_rows is not None:
+            wanted = min(wanted, self.max_rows)
         n = self.size
         ids = np.zeros(wanted, np.int64)
         vectors = np.zeros((wanted, self._dim), np.float32)

@@ -42,11 +42,17 @@ class Hit:
 
 class Searcher:
     def __init__(
-        self, index_dir: Path, catalog: Catalog, *, rerank: RerankSource = "catalog"
+        self,
+        index_dir: Path,
+        catalog: Catalog,
+        *,
+        rerank: RerankSource = "catalog",
+        rerank_max_bytes: int | None = None,
     ) -> None:
         self.index_dir = index_dir
         self.catalog = catalog
         self.rerank = rerank
+        self.rerank_max_bytes = rerank_max_bytes
         self._store = index_store(index_dir)
         self._lock = threading.Lock()
         self._loaded: LoadedIndex = self._store.load()
@@ -60,7 +66,8 @@ class Searcher:
         if self.rerank != "memory" or not self._loaded.manifest.facts.needs_rerank:
             return
         if self.rerank_store is None:
-            self.rerank_store = RerankStore(self.catalog, self.binding.embedding_dim)
+            dim = self.binding.embedding_dim
+            self.rerank_store = RerankStore(self.catalog, dim, self.rerank_max_bytes)
         self.rerank_store.start()
 
     @property

@@ -33,6 +33,7 @@ async def readyz(request: Request) -> Health:
         thumbnail_policy=runtime.settings.thumbnail_policy.value,
         rerank_store=runtime.settings.rerank_store,
         rerank_vectors_held=store.size if store is not None else 0,
+        rerank_store_full=store.full if store is not None else False,
     )
 
 

@@ -156,3 +156,39 @@ def check_rerank_store(http: httpx.Client, url: str) -> None:
         catalog.close()
     for hit in hits:
         assert hit["score"] == pytest.approx(float(stored[hit["id"]] @ query), abs=1e-5)
+
+
+def test_a_full_rerank_store_holds_its_limit_and_scores_stay_exact(
+    compressed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MEDSEARCH_RERANK_STORE_MAX_GB as a deployment sets it: the store stops at the rows
+    that fit (before, it grew to 4 bytes x dim for every item: 40 GB at 10^7 x 1024), says
+    so in /readyz, and the rows past it are re-ranked from the catalog with exact scores."""
+    dim = read_manifest(TEST_MODEL).embedding_dim
+    fits = 5000
+    monkeypatch.setenv("MEDSEARCH_RERANK_STORE_MAX_GB", str(fits * (4 * dim + 8) / 1e9))
+    with (
+        serve(create_app(settings_for(compressed))) as base,
+        httpx.Client(base_url=base, timeout=60) as http,
+    ):
+        deadline = time.monotonic() + 60
+        while not (ready := http.get("/readyz").json())["rerank_store_full"]:
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.2)
+        assert ready["rerank_vectors_held"] == fits < ready["items"]
+        catalog = Catalog.open(catalog_url(compressed))
+        seen: list[int] = []
+        try:
+            rng = np.random.default_rng(11)
+            for _ in range(5):
+                query = rng.standard_normal(dim)
+                query /= np.linalg.norm(query)
+                body = {"queries": [{"vector": query.tolist()}], "k": 20}
+                hits = http.post("/v1/search", json=body).json()["results"]
+                stored = catalog.embeddings(h["id"] for h in hits)
+                for hit in hits:
+                    assert hit["score"] == pytest.approx(float(stored[hit["id"]] @ query), abs=1e-5)
+                seen += [h["id"] for h in hits]
+        finally:
+            catalog.close()
+        assert min(seen) <= fits < max(seen)  # held rows and rows past the limit

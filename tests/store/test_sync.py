@@ -129,6 +129,22 @@ def test_rerank_store_reads_missing_ids_from_the_catalog(catalog: Catalog) -> No
         store.vectors(np.array([999], dtype=np.int64))
 
 
+def test_rerank_store_stops_at_its_memory_limit(catalog: Catalog) -> None:
+    from indexer.store.rerank_store import RerankStore
+
+    vectors = _clustered(300, seed=8)
+    _fill(catalog, vectors[:200], 0)
+    limit = 120 * (4 * DIM + 8)
+    store = RerankStore(catalog, DIM, max_bytes=limit)
+    assert store.fill() == 120 and store.size == 120 and store.full
+    _fill(catalog, vectors[200:], 200)
+    assert store.fill() == 0 and store.size == 120  # later rows stay in the catalog
+    held = store._ids.nbytes + store._vectors.nbytes
+    assert held <= limit  # no spare room past the limit either
+    ids = np.array([300, 1, 120, 121, 250], dtype=np.int64)
+    np.testing.assert_array_equal(store.vectors(ids), vectors[ids - 1])
+
+
 def test_incremental_versions_while_a_reader_searches(catalog: Catalog, tmp_path: Path) -> None:
     vectors = _clustered(3000, seed=3)
     _fill(catalog, vectors[:1000], 0)
