@@ -23,7 +23,10 @@ the driver's by a digest.
 Which Ray: ``--ray-address`` (or ``RAY_ADDRESS``) joins a running cluster; an address
 where nothing listens, or a cluster whose token this host lacks, is refused with advice
 before the index is touched. Without one, a Ray of this host alone is started for the
-build (``address="local"``: not the cluster that ``ray start`` may run here).
+build (``address="local"``: not the cluster that ``ray start`` may run here). Such a Ray
+leaves a session directory of logs (``/tmp/ray/session_*``, 0.2-1 MB) that Ray never
+removes: it is removed after a build that succeeded, kept (and named at INFO level, ``-v``)
+after one that failed, so that builds run from cron do not fill the disk.
 
 Ray is the optional ``ray`` extra; this module imports it only when the engine runs.
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import socket
 import time
 import warnings
@@ -188,6 +192,7 @@ class RayEngine:
         self.ray_options = options.ray or RayOptions()
         self.binding, self.recipe = model_binding(options.model_dir, options.recipe)
         self._owned = False
+        self._session_dir: str | None = None  # the logs of a Ray started here
         self.encoder_settings = self._encoder_settings(encoder)
         self.decode_cpus = self.ray_options.decode_cpus or options.workers
         self.facts: dict[str, Any] = {}
@@ -225,6 +230,7 @@ class RayEngine:
                 # would join, refusing num_cpus)
                 cpus = self.decode_cpus + opts.encoders
                 ray.init(address="local", num_cpus=cpus, include_dashboard=False, **common)
+                self._session_dir = _session_dir(ray)
             self._owned = True
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         here = ray.get_runtime_context().get_node_id()
@@ -359,7 +365,23 @@ class RayEngine:
             )
         )  # fmt: skip
 
-    def close(self) -> None:
+    def close(self, succeeded: bool = False) -> None:
+        """Stop a Ray started here; its logs go with it after a build that ``succeeded``."""
         if self._owned:
             self._ray.shutdown()
             self._owned = False
+            if self._session_dir is not None:
+                if succeeded:
+                    shutil.rmtree(self._session_dir, ignore_errors=True)
+                else:
+                    logger.info("the Ray logs of this build are kept in %s", self._session_dir)
+                self._session_dir = None
+
+
+def _session_dir(ray: Any) -> str | None:
+    """The session directory of the Ray this process started (Ray has no public API for
+    it: ``None`` if its internals moved, and the logs are then left where they are)."""
+    try:
+        return str(ray._private.worker._global_node.get_session_dir_path())
+    except AttributeError:
+        return None

@@ -296,7 +296,7 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
         report.index = sync_index(catalog, options.index_dir, binding, rebuild=options.rebuild)
         status = "done"
     finally:
-        _close(preparers, ray_engine)
+        _close(preparers, ray_engine, succeeded=status == "done")
         report.seconds = time.perf_counter() - started
         catalog.finish_run(run_id, report.to_dict(), status)
         write_report(options.index_dir, report)
@@ -304,11 +304,13 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
     return report
 
 
-def _close(preparers: list[Preparer], ray_engine: RayEngine | None = None) -> None:
+def _close(
+    preparers: list[Preparer], ray_engine: RayEngine | None = None, succeeded: bool = False
+) -> None:
     for preparer in preparers:
         preparer.close()
     if ray_engine is not None:
-        ray_engine.close()
+        ray_engine.close(succeeded)
 
 
 def write_report(index_dir: Path, report: BuildReport) -> Path:

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +64,52 @@ def test_a_ray_started_by_the_cli_runs_the_build_and_stops(tmp_path: Path) -> No
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.fixture()
+def ray_tmp() -> Iterator[Path]:
+    """Ray's temporary directory for one build (short: Ray's socket paths must fit 107
+    characters, which pytest's tmp_path does not)."""
+    path = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _build_with_own_ray(src: Path, index: Path, model: Path, ray_tmp: Path) -> Any:
+    return subprocess.run(
+        [
+            sys.executable, "-m", "indexer.cli", "-v", "index", "build", str(src), "--index",
+            str(index), "--model", str(model), "--engine", "ray", "--no-progress",
+            "--workers", "1",
+        ],
+        capture_output=True, text=True, check=False, timeout=300,
+        env={**os.environ, "MEDSEARCH_INTRA_OP_THREADS": "1", "RAY_TMPDIR": str(ray_tmp)},
+    )  # fmt: skip
+
+
+def test_a_ray_started_here_removes_its_logs_after_success_keeps_them_after_failure(
+    tmp_path: Path, ray_tmp: Path
+) -> None:
+    """Ray never removes its session directories (0.2-1 MB of logs per start): a build
+    run from cron every few minutes grew /tmp/ray by ~80 of them a day here."""
+    src = copy_testdata(tmp_path / "src", FILES[:1])
+    run = _build_with_own_ray(src, tmp_path / "index", TEST_MODEL, ray_tmp)
+    assert run.returncode == 0, run.stderr[-3000:]
+    sessions = ray_tmp / "ray"  # RAY_TMPDIR/ray/session_*
+    assert not list(sessions.glob("session_2*")), list(sessions.iterdir())
+    latest = Path(os.readlink(sessions / "session_latest"))  # Ray's link: now dangling
+    assert latest.name.startswith("session_2") and not latest.exists()
+
+    model = tmp_path / "model"  # the encoder actor refuses it: a weight file was damaged
+    shutil.copytree(TEST_MODEL, model)
+    with (model / "image_encoder.onnx").open("r+b") as fp:
+        fp.seek(-8, os.SEEK_END)
+        fp.write(b"\0" * 8)
+    run = _build_with_own_ray(src, tmp_path / "index2", model, ray_tmp)
+    assert run.returncode != 0
+    kept = list(sessions.glob("session_2*"))
+    assert len(kept) == 1 and (kept[0] / "logs").is_dir()
+    assert f"the Ray logs of this build are kept in {kept[0]}" in run.stderr
 
 
 def test_gpus_the_cluster_lacks_are_refused_before_anything_starts(tmp_path: Path) -> None:
