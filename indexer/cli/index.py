@@ -248,18 +248,12 @@ def search_cmd(
 
 
 def _labels(pairs: list[str] | None) -> dict[str, str] | None:
-    """``COLUMN=VALUE`` options as the filter's ``labels``."""
-    if not pairs:
-        return None
-    found: dict[str, str] = {}
-    for pair in pairs:
-        column, sep, value = pair.partition("=")
-        if not sep or not column:
-            raise typer.BadParameter(f"--label takes COLUMN=VALUE, not {pair!r}")
-        if found.get(column, value) != value:
-            raise typer.BadParameter(f"--label {column} given twice with different values")
-        found[column] = value
-    return found
+    from indexer.store.filters import label_pairs
+
+    try:
+        return label_pairs(pairs)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--label: {exc}") from None
 
 
 def _filters(**given: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -47,6 +48,21 @@ class Filters(BaseModel):
 
     def is_empty(self) -> bool:
         return not any(v is not None for v in self.model_dump().values())
+
+
+def label_pairs(values: Iterable[str] | None) -> dict[str, str] | None:
+    """``COLUMN=VALUE`` strings (a CLI option, a query parameter) as the ``labels`` filter;
+    a ``ValueError`` names one that is malformed, or a column given two values (all label
+    filters must match: such a filter could match nothing)."""
+    found: dict[str, str] = {}
+    for pair in values or ():
+        column, sep, value = pair.partition("=")
+        if not sep or not column:
+            raise ValueError(f"a label filter is COLUMN=VALUE, not {pair!r}")
+        if found.get(column, value) != value:
+            raise ValueError(f"label {column!r} given twice with different values")
+        found[column] = value
+    return found or None
 
 
 def filter_query(filters: Filters) -> Select[Any]:

@@ -14,7 +14,7 @@ from indexer.errors import SourceError
 from indexer.imaging.burned_in import ThumbnailPolicy
 from indexer.sources import open_uri
 from indexer.store.export import COLUMNS, LABEL_PREFIX, csv_lines, export_rows, label_names
-from indexer.store.filters import MAX_VALUES, Filters
+from indexer.store.filters import MAX_VALUES, Filters, label_pairs
 from service.deps import RuntimeDep
 from service.errors import ServiceError
 from service.results import item_model
@@ -63,9 +63,10 @@ async def export_items(
     """The active items' metadata and source URIs as CSV (streamed, in id order), for
     pandas: ``pd.read_csv(url)``. Filters as on the search routes; page with ``limit`` and
     ``after_id`` (the last id of the previous page). Label columns are ``label:<name>``."""
-    pairs = [value.partition("=") for value in label or []]
-    if any(not name or sep != "=" for name, sep, _ in pairs):
-        raise ServiceError(422, "invalid label filter", "give label=name=value")
+    try:
+        labels = label_pairs(label)
+    except ValueError as exc:
+        raise ServiceError(422, "invalid label filter", f"give label=name=value: {exc}") from None
     fields = {
         "modality": modality,
         "body_part_examined": body_part_examined,
@@ -76,7 +77,7 @@ async def export_items(
         "study_date_from": study_date_from,  # strings: YYYY-MM-DD only, as on search
         "study_date_to": study_date_to,
         "source_prefix": source_prefix,
-        "labels": {name: value for name, _, value in pairs} or None,
+        "labels": labels,
     }
     try:
         filters = Filters.model_validate(fields)

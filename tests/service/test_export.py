@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -84,10 +85,10 @@ def test_a_column_named_outside_ascii_filters(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [{"label": "organ"}, {"label": "=x"}, {"limit": "0"}, {"after_id": "-1"},
-     {"study_date_from": "yesterday"}],
+    [{"label": "organ"}, {"label": "=x"}, {"label": ["organ=chest", "organ=head"]},
+     {"limit": "0"}, {"after_id": "-1"}, {"study_date_from": "yesterday"}],
 )  # fmt: skip
-def test_bad_export_parameters_get_a_422(http: httpx.Client, params: dict[str, str]) -> None:
+def test_bad_export_parameters_get_a_422(http: httpx.Client, params: dict[str, Any]) -> None:
     response = http.get("/v1/items/export", params=params)
     assert response.status_code == 422, response.text
 
