@@ -16,7 +16,7 @@ from service.auth import RequireKey
 from service.config import EngineSettings, ServiceSettings
 from service.deps import require_key
 from service.metrics import Metrics
-from service.middleware import BodyLimit, JsonDepthLimit, RequestMetrics
+from service.middleware import BodyBudget, BodyLimit, CatchAll, JsonLimits, RequestRecord
 from service.routes import azure, classify, combined, dicom, health, items, qc, search, series, web
 from service.runtime import Runtime
 from service.schemas import ErrorBody, ImageSearchRequest
@@ -75,13 +75,17 @@ def create_app(settings: ServiceSettings, engine: EngineSettings | None = None) 
         app.include_router(module.router, dependencies=auth)
     app.include_router(web.router)  # the page itself holds no data: no key needed
     app.mount("/static", web.static_files(), name="static")
-    app.add_middleware(_MetricsProxy)
     # added last is outermost: the size limit bounds what the depth check reads
-    app.add_middleware(JsonDepthLimit, max_depth=settings.max_json_depth)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(JsonLimits, max_depth=settings.max_json_depth)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        budget=BodyBudget(settings.body_budget_mb << 20),
+        idle_s=settings.body_timeout_s,
+    )
     if api_keys:  # before any body is read: a client without a key learns nothing
         app.add_middleware(RequireKey, keys=api_keys)
-    if settings.cors_origins:  # outermost, so that a viewer can read every answer, 413s included
+    if settings.cors_origins:  # outside the limits: a viewer can read every answer, 413s too
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
@@ -89,12 +93,15 @@ def create_app(settings: ServiceSettings, engine: EngineSettings | None = None) 
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["Retry-After", *RESPONSE_HEADERS],
         )
+    app.add_middleware(_RecordProxy)  # every request, refused ones too (401, 413, ...)
+    app.add_middleware(CatchAll)  # outermost: no exception reaches the server
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
-class _MetricsProxy:
-    """Request metrics into whatever registry the app holds now (the runtime's)."""
+class _RecordProxy:
+    """Every request recorded (:class:`~service.middleware.RequestRecord`), its metrics
+    into whatever registry the app holds now (the runtime's)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -105,7 +112,7 @@ class _MetricsProxy:
         if metrics is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await RequestMetrics(self.app, metrics)(scope, receive, send)
+        await RequestRecord(self.app, metrics)(scope, receive, send)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -75,8 +75,9 @@ class MicroBatcher(Generic[T, R]):
                 while len(batch) < self._max_batch and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            try:  # not wait_for, which may drop a cancellation (stop()) on Python 3.11
+                async with asyncio.timeout(remaining):
+                    batch.append(await self._queue.get())
             except TimeoutError:
                 break
         return batch

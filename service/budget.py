@@ -34,13 +34,13 @@ class DecodeBudget:
     async def reserve(self, size: int) -> AsyncIterator[None]:
         size = min(size, self.capacity)
         async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(
+            try:  # asyncio.timeout, not wait_for: on Python 3.11, wait_for drops a
+                # cancellation that comes as the wait ends, and the cancelled request
+                # would take its place and decode anyway
+                async with asyncio.timeout(self.wait_s):
+                    await self._changed.wait_for(
                         lambda: self.used + size <= self.capacity and self.running < self.jobs
-                    ),
-                    self.wait_s,
-                )
+                    )
             except TimeoutError:
                 raise ServiceError(
                     503,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -45,7 +47,20 @@ def serve(
     from service.app import create_app
 
     app = create_app(settings, engine)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    _access_log_to_stdout()
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+
+
+def _access_log_to_stdout() -> None:
+    """The app writes the access log itself (``service.access``), without the query strings
+    uvicorn's would keep; on stdout and on by default, as uvicorn's was, so that a
+    deployment's streams stay as they were (stderr: errors, and INFO lines with -v)."""
+    access = logging.getLogger("service.access")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
 
 
 def _check_directories(index_dir: Path, model_dir: Path) -> None:

@@ -84,6 +84,17 @@ class ServiceSettings(BaseSettings):
     intra_op_threads: int = Field(default=0, ge=0)
     # limits
     max_body_bytes: int = Field(default=32 << 20, ge=1024)
+    body_budget_mb: int = Field(
+        default=256,
+        ge=8,
+        description="request bodies all requests in flight may hold at once (JSON read "
+        "whole, multipart spooled to /tmp); beyond it a request gets 503",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a client that sends nothing of its request body for this long gets 408",
+    )
     max_multipart_parts: int = Field(default=8, ge=1)
     max_pixels: int = Field(default=40_000_000, ge=1)
     max_text_chars: int = Field(default=MAX_TEXT_CHARS, ge=1, le=MAX_TEXT_CHARS)
@@ -163,6 +174,15 @@ class ServiceSettings(BaseSettings):
         if not is_http_url(value):
             raise ValueError("not an http(s) URL, e.g. http://pacs:8042/dicom-web")
         return value
+
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> ServiceSettings:
+        if self.body_budget_mb << 20 < self.max_body_bytes:
+            raise ValueError(
+                f"MEDSEARCH_BODY_BUDGET_MB ({self.body_budget_mb}) must hold one body of "
+                f"MEDSEARCH_MAX_BODY_BYTES ({self.max_body_bytes})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_open_bind(self) -> ServiceSettings:

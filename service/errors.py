@@ -2,12 +2,12 @@
 
 No traceback, internal path or attribute value reaches a client: validation errors are
 reduced to location and message (the offending input is not echoed back), and an
-unexpected exception is a bare 500 logged on the server by type only.
+unexpected exception is a bare 500 logged on the server by type only
+(:class:`service.middleware.CatchAll`).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,8 +25,6 @@ from indexer.errors import (
 )
 from indexer.imaging.types import Reason
 from indexer.store.series_search import NoSeriesIndex
-
-logger = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -85,8 +83,3 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, str(exc.detail)[:200], None, headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("unexpected %s on %s", type(exc).__name__, request.url.path)
-        return error_response(500, "internal error")

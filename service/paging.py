@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import ServiceError
 
@@ -29,13 +29,16 @@ MAX_DEPTH = 1000  # results reachable by paging, all pages together
 
 
 class _Token(BaseModel):
+    """Read back from a client, so every field is bounded: a token is not signed, and a
+    forged one must fail as a malformed one does (a 410 names ``v`` back to the client)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    v: str  # index version
+    v: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")  # index version
     o: int  # offset of the next page
-    q: str  # query digest
-    s: float | None = None  # score of the last result shown
-    i: int | None = None  # its id
+    q: str = Field(pattern=r"^[0-9a-f]{24}$")  # query digest
+    s: float | None = Field(default=None, allow_inf_nan=False)  # last result's score
+    i: int | None = Field(default=None, ge=0, lt=1 << 63)  # its id
 
 
 def query_digest(route: str, *parts: bytes | str) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -226,7 +227,7 @@ class Runtime:
         return vector
 
     async def embed_texts(self, texts: Sequence[str]) -> list[Vector]:
-        return list(await asyncio.gather(*(self.embed_text(t) for t in texts)))
+        return await all_of(self.embed_text(t) for t in texts)
 
     async def decode(
         self, data: bytes, *, thumbnail: int | None = None, mask: tuple[Region, ...] = ()
@@ -239,7 +240,14 @@ class Runtime:
         job = DecodeJob(data=data, recipe=recipe, thumbnail=thumbnail, mask=mask)
         loop = asyncio.get_running_loop()
         async with self.decode_budget.reserve(len(data) + slot_bytes(self.recipe)):
-            result = await loop.run_in_executor(self.decode_pool, self.decoders.decode, job)
+            running = self.decode_pool.submit(self.decoders.decode, job)
+            try:
+                result = await asyncio.wrap_future(running, loop=loop)
+            except asyncio.CancelledError:  # one not started does not run; one that has
+                if not running.cancel():  # holds its bytes until it ends: so does the budget
+                    with contextlib.suppress(Exception):
+                        await asyncio.wrap_future(running, loop=loop)
+                raise
         if not result.ok:
             reason = result.reason or Reason.UNSUPPORTED
             raise ImageRefused(reason.value, result.detail)
@@ -248,6 +256,20 @@ class Runtime:
     async def embed_image(self, data: bytes) -> tuple[Vector, DecodedImage]:
         image = await self.decode(data)
         return await self._submit(self.served.image_batcher, image.pixels), image
+
+
+async def all_of(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """Every result, in order; or the first failure, once the others are cancelled and
+    have unwound: a request that fails on one of its images or texts leaves no work behind
+    to hold up the next request (:meth:`Runtime.decode` runs no queued decode)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def b64decode(value: str, max_bytes: int) -> bytes:

@@ -8,7 +8,7 @@ type 415.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from service.errors import ServiceError
-from service.json_limits import check_json_depth
+from service.json_limits import load_object
 from service.runtime import Runtime, b64decode
 
 M = TypeVar("M", bound=BaseModel)
@@ -54,6 +54,17 @@ def upload_body_doc(model: type[BaseModel], *, component: bool = False) -> dict[
     }
 
 
+def only_declared_parts(names: Iterable[str]) -> None:
+    """422 for a multipart part other than ``file`` and ``options`` (a misspelt
+    ``option`` would otherwise be ignored, and the request run with default options)."""
+    unknown = sorted(set(names) - {"file", "options"})
+    if unknown:
+        raise ServiceError(
+            422, "invalid multipart body",
+            f"unknown part {unknown[0][:40]!r}: send 'file' and, optionally, 'options'",
+        )  # fmt: skip
+
+
 async def read_image_upload(request: Request, rt: Runtime, model: type[M]) -> tuple[bytes, M]:
     """The uploaded image's bytes (not empty) and the request's options as ``model``."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -86,19 +97,15 @@ async def _multipart(request: Request, rt: Runtime, model: type[M]) -> tuple[byt
         message = str(getattr(exc, "detail", exc))
         status = 413 if "exceeded" in message else 422  # too many parts: 422 (schema)
         raise ServiceError(status, "invalid multipart body", message[:200]) from None
+    only_declared_parts(form.keys())
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise ServiceError(422, "invalid multipart body", "a 'file' part is required")
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise ServiceError(413, "image too large", f"at most {limit} bytes")
-    raw = form.get("options") or "{}"
     try:
-        text = raw if isinstance(raw, str) else "{}"
-        check_json_depth(text, rt.settings.max_json_depth)  # json.loads recurses
-        fields = json.loads(text)
-        if not isinstance(fields, dict):
-            raise ValueError("options must be a JSON object")
+        fields = load_object(form.get("options"), rt.settings.max_json_depth)
         options = model.model_validate({**fields, "image": "-"})
     except (ValueError, ValidationError) as exc:
         raise ServiceError(422, "invalid options", str(exc)[:300]) from None

@@ -10,13 +10,11 @@ be ``true``, ``"true"`` or ``"True"``.
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 
 from service.deps import RuntimeDep
 from service.errors import ServiceError
-from service.runtime import b64decode
+from service.runtime import all_of, b64decode
 from service.schemas import AzureRequest, AzureResponse
 
 router = APIRouter(tags=["azure"])
@@ -39,7 +37,7 @@ async def _score(body: AzureRequest, rt: RuntimeDep) -> AzureResponse:
             texts.append(values["text"])
     if not images and not texts:
         raise ServiceError(422, "empty request", "no row holds an image or a text")
-    image_vectors = await asyncio.gather(*(rt.embed_image(data) for data in images))
+    image_vectors = await all_of(rt.embed_image(data) for data in images)
     text_vectors = await rt.embed_texts(texts)
     return AzureResponse(
         image_features=[vector.tolist() for vector, _ in image_vectors],

@@ -9,7 +9,7 @@ several ``item_id``s: the items given as positives are left out of the results.
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,21 +19,25 @@ from service.combined_schemas import CombinedSearchRequest, QueryPart
 from service.deps import RuntimeDep
 from service.errors import ServiceError
 from service.routes.search import request_digest, run_search
-from service.runtime import Runtime, b64decode
+from service.runtime import Runtime, all_of, b64decode
 from service.schemas import SearchResponse
 
 router = APIRouter(prefix="/v1", tags=["search"])
 Vector = npt.NDArray[np.float32]
 
 
-def _unit(vector: Vector, what: str) -> Vector:
-    norm = float(np.linalg.norm(vector))
-    if not np.isfinite(norm) or norm < 1e-12:
+def _unit(vector: npt.NDArray[np.floating[Any]], what: str) -> Vector:
+    """``vector / |vector|``, in float64 and scaled by its largest value first: a vector of
+    1e20s or of 1e-23s has a direction (its squares would overflow or vanish)."""
+    values = np.asarray(vector, dtype=np.float64)
+    scale = float(np.max(np.abs(values))) if values.size else 0.0
+    if not np.isfinite(scale) or scale == 0.0:
         raise ServiceError(422, "invalid query", f"{what} has no direction (zero vector)")
-    return (vector / norm).astype(np.float32)
+    values = values / scale
+    return (values / np.linalg.norm(values)).astype(np.float32)
 
 
-async def _embed(rt: Runtime, part: QueryPart, dim: int) -> Vector:
+async def _embed(rt: Runtime, part: QueryPart, dim: int) -> npt.NDArray[np.floating[Any]]:
     if part.text is not None:
         return await rt.embed_text(part.text)
     if part.image is not None:
@@ -54,13 +58,13 @@ async def _embed(rt: Runtime, part: QueryPart, dim: int) -> Vector:
         raise ServiceError(
             422, "invalid query", f"a vector has {len(part.vector)} values; the model has {dim}"
         )
-    return np.asarray(part.vector, dtype=np.float32)
+    return np.asarray(part.vector, dtype=np.float64)  # float32 overflows past 3.4e38
 
 
 async def combine(rt: Runtime, body: CombinedSearchRequest) -> Vector:
     dim = rt.searcher.binding.embedding_dim
     parts = [*body.queries, *body.negative]
-    vectors = await asyncio.gather(*(_embed(rt, part, dim) for part in parts))
+    vectors = await all_of(_embed(rt, part, dim) for part in parts)
     total = np.zeros(dim, dtype=np.float32)
     for n, (part, vector) in enumerate(zip(parts, vectors, strict=True)):
         sign = 1.0 if n < len(body.queries) else -1.0

@@ -10,8 +10,6 @@ with the other fields as JSON in ``options``, pooled like a series.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from typing import Any
 
@@ -28,9 +26,9 @@ from indexer.store.series import series_of_study as study_series
 from indexer.store.series_search import SCORING, SeriesHit, SeriesQuery, StudyHit
 from service.deps import RuntimeDep
 from service.errors import ServiceError
-from service.json_limits import check_json_depth
+from service.json_limits import load_object
 from service.routes.dicom import INSTANCE_NUMBER
-from service.runtime import Runtime, b64decode
+from service.runtime import Runtime, all_of, b64decode
 from service.series_schemas import (
     MAX_QUERY_SLICES,
     BestItem,
@@ -39,6 +37,7 @@ from service.series_schemas import (
     SeriesSearchResponse,
     StudyResult,
 )
+from service.uploads import only_declared_parts
 
 router = APIRouter(prefix="/v1", tags=["search"])
 PACS_SLICES = 8
@@ -101,19 +100,15 @@ async def _read_request(request: Request, rt: Runtime) -> tuple[list[bytes], Ser
         message = str(getattr(exc, "detail", exc))  # too many files: 422, as the schema says
         status = 413 if "exceeded" in message else 422
         raise ServiceError(status, "invalid multipart body", message[:200]) from None
+    only_declared_parts(form.keys())
     uploads = form.getlist("file")
     if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
         raise ServiceError(422, "invalid multipart body", "one or more 'file' parts are required")
     if len(uploads) > MAX_QUERY_SLICES:
         raise ServiceError(422, "too many files", f"at most {MAX_QUERY_SLICES} slices")
     files = [await u.read() for u in uploads if isinstance(u, UploadFile)]
-    raw = form.get("options") or "{}"
     try:
-        text = raw if isinstance(raw, str) else "{}"
-        check_json_depth(text, rt.settings.max_json_depth)
-        fields = json.loads(text)
-        if not isinstance(fields, dict):
-            raise ValueError("options must be a JSON object")
+        fields = load_object(form.get("options"), rt.settings.max_json_depth)
         if "images" in fields:
             raise ValueError("send the slices as 'file' parts, not images in options")
         body = SeriesSearchRequest.model_validate({**fields, "images": ["-"] * len(files)})
@@ -141,7 +136,7 @@ def _pacs_slices(pacs: DicomWebClient, series_uid: str) -> list[bytes]:
 async def _embed_slices(rt: Runtime, files: list[bytes]) -> SeriesQuery:
     if any(not data for data in files):
         raise ServiceError(422, "empty image", "an uploaded file is empty")
-    embedded = await asyncio.gather(*(rt.embed_image(data) for data in files))
+    embedded = await all_of(rt.embed_image(data) for data in files)
     return SeriesQuery.of_slices([vector for vector, _ in embedded])
 
 
