@@ -127,13 +127,19 @@ class ImagingSettings(BaseSettings):
     @field_validator("phi_allow")
     @classmethod
     def _known_phi_keywords(cls, value: list[str]) -> list[str]:
-        from indexer.imaging.phi import PHI_KEYWORDS
+        from indexer.imaging.phi import PHI_KEYWORDS, sequence_keywords
 
         unknown = sorted(set(value) - PHI_KEYWORDS)
         if unknown:
             raise ValueError(
                 f"phi_allow names attributes that are not PHI keywords: {', '.join(unknown)} "
                 "(non-PHI catalog attributes are always stored)"
+            )
+        sequences = sequence_keywords(sorted(set(value)))
+        if sequences:
+            raise ValueError(
+                f"phi_allow names sequences, whose items hold other attributes (PHI not "
+                f"allowed among them): {', '.join(sequences)}; name the attributes instead"
             )
         return sorted(set(value))
 

@@ -251,6 +251,8 @@ SERVE_ENV = {
     "MEDSEARCH_PROVIDER": "cpu",
     "MEDSEARCH_INTRA_OP_THREADS": "1",
     "MEDSEARCH_MAX_BODY_BYTES": "65536",
+    "MEDSEARCH_BODY_BUDGET_MB": "16",
+    "MEDSEARCH_BODY_TIMEOUT_S": "20",
     "MEDSEARCH_MAX_MULTIPART_PARTS": "1",
     "MEDSEARCH_MAX_PIXELS": "10000",  # MR_small (64x64) passes, CT_small (128x128) not
     "MEDSEARCH_MAX_TEXT_CHARS": "40",
@@ -672,6 +674,7 @@ REFUSALS = [
     imaging_case("MEDSEARCH_DECODE_MEMORY_MB", "100"),
     imaging_case("MEDSEARCH_PHI_ALLOW", '["PatientFoo"]'),
     imaging_case("MEDSEARCH_PHI_ALLOW", "PatientSex"),  # not JSON
+    imaging_case("MEDSEARCH_PHI_ALLOW", '["OtherPatientIDsSequence"]'),  # nested PHI
     imaging_case("MEDSEARCH_PATIENT_HASH_SALT", "SECRET-short"),
     dicomweb_case("MEDSEARCH_DICOMWEB_TIMEOUT_S", "0"),
     dicomweb_case("MEDSEARCH_DICOMWEB_RETRIES", "11"),
@@ -697,6 +700,8 @@ REFUSALS = [
     serve_case("MEDSEARCH_PROVIDER", "tpu"),
     serve_case("MEDSEARCH_INTRA_OP_THREADS", "-1"),
     serve_case("MEDSEARCH_MAX_BODY_BYTES", "100"),
+    serve_case("MEDSEARCH_BODY_BUDGET_MB", "4"),
+    serve_case("MEDSEARCH_BODY_TIMEOUT_S", "0"),
     serve_case("MEDSEARCH_MAX_MULTIPART_PARTS", "0"),
     serve_case("MEDSEARCH_MAX_PIXELS", "0"),
     serve_case("MEDSEARCH_MAX_TEXT_CHARS", "0"),

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 import typer
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsError
+from sqlalchemy.exc import SQLAlchemyError
 
 from indexer.cli import db, embed, index, model, preview
 from indexer.cli import eval as evaluation  # not `eval`: that is a builtin
 from indexer.errors import MedsearchError
+from indexer.store.db import first_line
 
 app = typer.Typer(
     name="medsearch",
@@ -80,6 +82,9 @@ def main() -> None:
     except MedsearchError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except SQLAlchemyError as exc:  # the catalog failed mid-run (locked, full, gone)
+        typer.echo(f"error: the catalog: {first_line(exc)}", err=True)
+        sys.exit(1)
     except (ValidationError, SettingsError) as exc:  # MEDSEARCH_* variables
         lines = _setting_refusals(exc)
         if lines is None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from indexer.cli.options import IndexOpt, ModelOpt
+from indexer.cli.options import IndexOpt, ModelOpt, output_file
 
 Sources = Annotated[list[str], typer.Argument(help="folders, zip/tar files, DICOMDIRs, PACS")]
 Workers = Annotated[
@@ -90,6 +90,7 @@ def run(command: str, sources: list[str], index: Path, model: Path, **kw: Any) -
     if any(is_dicomweb(source) for source in sources):
         DicomWebSettings()  # MEDSEARCH_DICOMWEB_*: refused now, not once the model has loaded
     report_path: Path | None = kw.pop("report", None)
+    output_file(report_path, "--report")  # now, not once the build has run
     options = BuildOptions(
         sources=sources,
         index_dir=index,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from indexer.cli.options import IndexOpt, ModelOpt
+from indexer.cli.options import IndexOpt, ModelOpt, output_file
 
 if TYPE_CHECKING:
     from indexer.eval.retrieval import Exclude, Progress, RetrievalReport
@@ -66,6 +66,7 @@ def retrieval(
         return
     if index is None or label is None:
         raise typer.BadParameter("give --index and --label", param_hint="--index/--label")
+    output_file(plot, "--plot")
     if plot is not None:
         from indexer.eval.plots import pyplot
 
@@ -101,6 +102,7 @@ def zero_shot(
 ) -> None:
     """Zero-shot classification of the labelled items: accuracy, AUC per label and the
     confusion matrix of softmax(exp(logit_scale) * cosine) over the prompts' labels."""
+    output_file(plot, "--plot")
     if plot is not None:
         from indexer.eval.plots import pyplot
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+EXPORT_MODULES = ("torch", "safetensors", "yaml", "onnx", "onnxscript", "onnxconverter_common")
 
 app = typer.Typer(no_args_is_help=True, help="Export and inspect MedImageInsight models.")
 
@@ -25,12 +28,16 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
 ) -> None:
     """Export a MedImageInsight release to ONNX with a verified manifest."""
-    try:
-        from indexer.model.export import export_release
-    except ImportError as exc:  # torch and friends are the `export` extra
+    # the `export` extra, imported only deep inside the export: checked now, not after a
+    # traceback halfway through loading the checkpoint
+    missing = [m for m in EXPORT_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
         raise typer.BadParameter(
-            f"export needs the export extra (pip install 'medsearch[export]'): {exc}"
-        ) from exc
+            f"export needs the export extra (pip install 'medsearch[export]'): "
+            f"{', '.join(missing)} not installed"
+        )
+    from indexer.model.export import export_release
+
     manifest = export_release(
         source,
         out,

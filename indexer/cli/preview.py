@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from PIL import Image
 
+from indexer.cli.options import output_file
 from indexer.errors import ImageInputError
 
 
@@ -41,6 +42,7 @@ def preview(
 
     if not file.is_file():
         raise ImageInputError(f"{file}: no such file")
+    output_file(out, "--out")
     if all_frames is None:
         settings = ImagingSettings()
     else:

@@ -49,6 +49,8 @@ def read_header(fp: str | BinaryIO) -> Dataset:
         ds = pydicom.dcmread(fp, force=True, defer_size=1 << 16)
     except RecursionError as exc:
         raise ImageRefused(Reason.CORRUPT, "sequence nesting too deep") from exc
+    except MemoryError:  # a deflated dataset that inflates past the limit: not "corrupt"
+        raise
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parse failure is "corrupt"
         detail = f"not a readable DICOM file ({type(exc).__name__})"
         raise ImageRefused(Reason.CORRUPT, detail) from None

@@ -171,9 +171,10 @@ def _serve(
             conn.send((message, layout, _address_space()))
         except MemoryError:
             os._exit(MEMORY_EXIT)
-        except OSError as exc:
+        except OSError as exc:  # the file could not be opened or read (gone, no access,
+            # an I/O error): not the file's fault, tried again by the next run
             detail = exc.strerror or type(exc).__name__
-            failed = DecodeResult(file=FileInfo("", 0), reason=Reason.CORRUPT, detail=detail)
+            failed = DecodeResult(file=FileInfo("", 0), reason=Reason.UNREADABLE, detail=detail)
             conn.send((failed, None, _address_space()))
 
 

@@ -19,7 +19,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 
 PHI_KEYWORDS: frozenset[str] = frozenset(
     {
@@ -69,10 +72,19 @@ def allowed_phi(ds: Dataset, allow: list[str]) -> dict[str, str] | None:
         return None
     out: dict[str, str] = {}
     for keyword in allow:
-        elem = ds.get(keyword)
-        if elem is not None and elem != "" and not isinstance(elem, list | tuple):
-            out[keyword] = str(elem)
+        value = ds.get(keyword)
+        if value is None or value == "" or isinstance(value, Sequence):
+            continue  # a sequence's items hold other attributes (settings refuse them)
+        if isinstance(value, MultiValue | list | tuple):
+            out[keyword] = "\\".join(str(v) for v in value)  # as DICOM writes several
+        else:
+            out[keyword] = str(value)
     return out
+
+
+def sequence_keywords(keywords: list[str]) -> list[str]:
+    """Those of ``keywords`` that name sequences (VR SQ)."""
+    return [k for k in keywords if (tag := tag_for_keyword(k)) and dictionary_VR(tag) == "SQ"]
 
 
 def patient_key(ds: Dataset, salt: str | None) -> str | None:

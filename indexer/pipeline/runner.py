@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from indexer.encoders.encoder import Encoder
 from indexer.encoders.manifest import read_manifest
@@ -44,6 +44,7 @@ from indexer.store import db
 from indexer.store.catalog import CATALOG_FILE, Catalog, ModelBinding, catalog_url
 from indexer.store.retries import RetryPolicy
 from indexer.store.sync import index_store, sync_index
+from indexer.store.writer_lock import lock_index
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +140,25 @@ def open_catalog(
     must_exist = read_only or not create
     if must_exist and not index_dir.is_dir():
         raise CatalogError(f"{index_dir}: no index here (no such directory)")
+    if index_dir.exists() and not index_dir.is_dir():
+        raise CatalogError(f"{index_dir} is a file, not an index directory")
     index_dir.mkdir(parents=True, exist_ok=True)
     url = url or catalog_url(index_dir)
+    if read_only:
+        return _open_checked(index_dir, url, True, must_exist, variable)
+    release = lock_index(index_dir)  # one writing process per index
+    try:
+        catalog = _open_checked(index_dir, url, False, must_exist, variable)
+    except BaseException:
+        release()
+        raise
+    catalog.hold_until_closed(release)
+    return catalog
+
+
+def _open_checked(
+    index_dir: Path, url: str, read_only: bool, must_exist: bool, variable: str
+) -> Catalog:
     try:
         published = index_store(index_dir).current()
     except VectorIndexError:  # damaged: `index verify` says so, `index rebuild` repairs it
@@ -154,21 +172,20 @@ def open_catalog(
             )
         if must_exist:
             raise CatalogError(f"{index_dir}: no index here (no {CATALOG_FILE})")
-    if read_only:
-        try:
-            catalog = Catalog.open(db.read_only_url(url), upgrade=False)
-        except OperationalError:  # no such database: the message may name the URL
-            raise CatalogError(
-                f"cannot open the catalog of {index_dir} for reading: check "
-                f"{variable} or the catalog file"
-            ) from None
-    else:
-        try:
-            catalog = Catalog.open(url)
-        except OperationalError:  # a server that is down, a database that does not exist
-            raise CatalogError(
-                f"cannot open the catalog of {index_dir}: check {variable} or the catalog file"
-            ) from None
+    try:
+        catalog = (
+            Catalog.open(db.read_only_url(url), upgrade=False) if read_only else Catalog.open(url)
+        )
+    except OperationalError:  # a server that is down, no such database: may name the URL
+        reading = " for reading" if read_only else ""
+        raise CatalogError(
+            f"cannot open the catalog of {index_dir}{reading}: check {variable} or the catalog file"
+        ) from None
+    except (DatabaseError, UnicodeDecodeError) as exc:  # a damaged file, or not a database
+        raise CatalogError(
+            f"the catalog of {index_dir} is damaged or not a catalog ({db.first_line(exc)}): "
+            "restore it from a backup, or build the index again"
+        ) from None
     if published is not None:
         try:
             catalog.check_index(published.catalog_id, index_dir, variable)

@@ -11,7 +11,7 @@ import datetime as dt
 import getpass
 import logging
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -74,6 +74,7 @@ class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._session = sessionmaker(engine, expire_on_commit=False)
+        self._on_close: list[Callable[[], None]] = []
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool = True) -> Catalog:
@@ -84,8 +85,14 @@ class Catalog:
             raise CatalogError("catalog schema is not current: run `medsearch db upgrade`")
         return cls(engine)
 
+    def hold_until_closed(self, release: Callable[[], None]) -> None:
+        """Call ``release`` when this catalog is closed (the index's writer lock)."""
+        self._on_close.append(release)
+
     def close(self) -> None:
         self.engine.dispose()
+        while self._on_close:
+            self._on_close.pop()()
 
     def session(self) -> Session:
         return self._session()

@@ -57,7 +57,9 @@ def _json(value: object) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    engine = create_engine(url, future=True, json_serializer=_json)
+    # hide_parameters: a failed statement's message would carry its values (stored PHI,
+    # source paths) to whoever prints it
+    engine = create_engine(url, future=True, json_serializer=_json, hide_parameters=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -99,3 +101,11 @@ def current_revision(engine: Engine) -> str | None:
 def head_revision() -> str | None:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     return script.get_current_head()
+
+
+def first_line(exc: BaseException) -> str:
+    """The database's own words for a failure, without the statement or any value: the
+    driver's message up to its first line (PostgreSQL's DETAIL line names key values)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0][:200] if text else type(orig).__name__

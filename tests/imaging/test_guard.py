@@ -17,9 +17,9 @@ from pydicom.data import get_testdata_file
 
 from indexer.imaging.decode import decode_bytes
 from indexer.imaging.guard import DecodeJob, DecoderWorker
-from indexer.imaging.types import Reason
+from indexer.imaging.types import TRANSIENT_REASONS, Reason
 from indexer.settings import ImagingSettings
-from tests.imaging.bombs import write_memory_bomb
+from tests.imaging.bombs import write_deflate_bomb, write_memory_bomb
 
 pytestmark = pytest.mark.slow
 
@@ -133,6 +133,31 @@ def test_a_memory_bomb_is_refused(tmp_path: Path) -> None:
         assert not result.ok and result.reason is not None
         assert result.reason in (Reason.MEMORY, Reason.UNDECODABLE, Reason.CORRUPT, Reason.CRASHED)
         assert worker.decode(DecodeJob(data=_bytes("CT_small.dcm"))).ok  # goes on
+    finally:
+        worker.close()
+
+
+def test_a_deflate_bomb_is_a_memory_refusal_not_corrupt(tmp_path: Path) -> None:
+    """600 MB of dataset in a few hundred KB: it was refused as ``corrupt`` (the parser's
+    MemoryError taken for a parse error), a permanent reason for a limit of this host."""
+    out = write_deflate_bomb(tmp_path / "deflated.dcm")
+    assert out.stat().st_size < 2 << 20
+    worker = DecoderWorker(ImagingSettings(decode_memory_mb=512))
+    try:
+        result = worker.decode(DecodeJob(path=str(out)))
+        assert result.reason == Reason.MEMORY, (result.reason, result.detail)
+        assert worker.decode(DecodeJob(data=_bytes("CT_small.dcm"))).ok  # goes on
+    finally:
+        worker.close()
+
+
+def test_a_file_that_cannot_be_read_is_transient_not_corrupt(tmp_path: Path) -> None:
+    """A file gone (or unreadable) between listing and decoding: retried by the next run."""
+    worker = DecoderWorker(ImagingSettings())
+    try:
+        result = worker.decode(DecodeJob(path=str(tmp_path / "gone.dcm")))
+        assert result.reason == Reason.UNREADABLE and result.reason in TRANSIENT_REASONS
+        assert result.detail == "No such file or directory"
     finally:
         worker.close()
 

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.datadict import keyword_dict
+from pydicom.dataset import Dataset
 
 from indexer.imaging import decode_path
 from indexer.imaging.phi import PHI_KEYWORDS
@@ -48,6 +49,23 @@ def test_allow_listed_attributes_are_stored(tmp_path: Path) -> None:
     settings = ImagingSettings(phi_allow=["PatientSex", "PatientAge"])
     meta = decode_path(_ct(tmp_path), settings).images[0].metadata
     assert meta.phi == {"PatientAge": "054Y", "PatientSex": "F"}
+
+
+def test_a_sequence_cannot_be_allow_listed_and_multiple_values_are_kept(tmp_path: Path) -> None:
+    """Allowing OtherPatientIDsSequence stored the sequence's whole text: the IDs and names
+    in its items, which were not allowed."""
+    with pytest.raises(ValidationError, match="sequences.*OtherPatientIDsSequence"):
+        ImagingSettings(phi_allow=["PatientName", "OtherPatientIDsSequence"])
+    path = _ct(tmp_path)
+    ds = dcmread(path)
+    ds.OtherPatientIDs = ["OTHER-1", "OTHER-2"]
+    item = Dataset()
+    item.PatientID, item.PatientName = "NESTED-ID", "Nested^Person"
+    ds.OtherPatientIDsSequence = [item]
+    ds.save_as(path)
+    meta = decode_path(path, ImagingSettings(phi_allow=["OtherPatientIDs"])).images[0].metadata
+    assert meta.phi == {"OtherPatientIDs": "OTHER-1\\OTHER-2"}
+    assert "NESTED" not in meta.model_dump_json() and "Nested" not in meta.model_dump_json()
 
 
 @pytest.mark.parametrize("keyword", ["Modality", "NotAKeyword"])
