@@ -159,3 +159,10 @@ class ImagingSettings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("patient_hash_salt must be at least 16 characters")
         return value
+
+    def salt_check(self) -> str:
+        """The salt's check value (:func:`indexer.imaging.phi.salt_check`), never the salt."""
+        from indexer.imaging.phi import salt_check
+
+        salt = self.patient_hash_salt
+        return salt_check(salt.get_secret_value() if salt is not None else None)

@@ -40,7 +40,7 @@ def serve(
     # a refused value reaches indexer.cli.app.main(), which names its variable
     settings = ServiceSettings(**overrides)  # type: ignore[arg-type]
     engine = EngineSettings.for_service(settings)
-    _check_directories(settings.index_dir, settings.model_dir)
+    _check_directories(settings.index_dir, settings.model_dir, engine.imaging.salt_check())
     # imported once the settings are accepted: a refusal answers before the model stack loads
     import uvicorn
 
@@ -63,7 +63,7 @@ def _access_log_to_stdout() -> None:
     access.propagate = False
 
 
-def _check_directories(index_dir: Path, model_dir: Path) -> None:
+def _check_directories(index_dir: Path, model_dir: Path, salt_check: str) -> None:
     """What the lifespan would otherwise find out with a traceback: a directory without a
     model, an index without its catalog or published version, or built with another model.
     The catalog is opened for reading and checked as ``index stats`` does."""
@@ -73,7 +73,12 @@ def _check_directories(index_dir: Path, model_dir: Path) -> None:
     from indexer.store.sync import index_store
 
     model = read_manifest(model_dir)
-    open_catalog(index_dir, read_only=True).close()
+    catalog = open_catalog(index_dir, read_only=True)
+    try:  # uploads' patient keys must match the catalog's, or exclusion misses them
+        if salt_check:
+            catalog.check_patient_salt(salt_check, record=False)
+    finally:
+        catalog.close()
     published = index_store(index_dir).current()
     if published is None:
         raise IndexMissingError(f"{index_dir}: no index published (run `medsearch index build`)")

@@ -107,10 +107,14 @@ def run(command: str, sources: list[str], index: Path, model: Path, **kw: Any) -
         report_path.write_text(json.dumps(result, indent=2))
     failed = ", ".join(f"{k} {v}" for k, v in sorted(result["failed"].items())) or "none"
     skipped = sum(result["skipped"].values())
+    why = ", ".join(
+        f"{k.removeprefix('skipped: ')}: {n}" for k, n in sorted(result["skipped"].items())
+    )
+    skipped_why = f"{skipped} ({why})" if skipped else "0"
     limiting = result["stages"].get("limiting_stage") or "-"
     pruned = f"pruned {result['pruned']} whose files are gone; " if result["pruned"] else ""
     typer.echo(
-        f"indexed {result['indexed']}, skipped {skipped} already indexed and "
+        f"indexed {result['indexed']}, skipped {skipped_why} and "
         f"{result['duplicates']} duplicates, failed: {failed}; {pruned}"
         f"{result['seconds']:.1f} s, {result['images_per_s']:.1f} images/s "
         f"(limited by {limiting}); "

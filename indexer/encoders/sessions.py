@@ -57,8 +57,9 @@ def resolve_provider(choice: ProviderChoice) -> str:
         if CUDA not in available:
             raise ProviderError(
                 "CUDA was asked for but onnxruntime offers only "
-                f"{', '.join(available)}; install the GPU build (pip install 'medsearch[gpu]', "
-                "which replaces onnxruntime with onnxruntime-gpu) or use provider=cpu"
+                f"{', '.join(available)}; install the GPU build in place of the CPU one "
+                "(README: 'Using the real MedImageInsight checkpoint', three pip commands) "
+                "or use provider=cpu"
             )
         return CUDA
     return CUDA if CUDA in available else CPU

@@ -87,6 +87,17 @@ def sequence_keywords(keywords: list[str]) -> list[str]:
     return [k for k in keywords if (tag := tag_for_keyword(k)) and dictionary_VR(tag) == "SQ"]
 
 
+_SALT_CHECK = b"medsearch: same patient-hash salt on the driver and the workers"
+
+
+def salt_check(salt: str | None) -> str:
+    """A check value that tells whether two processes or runs hold the same patient-hash
+    salt without revealing it (an HMAC of a fixed text under it); ``""`` without one."""
+    if not salt:
+        return ""
+    return hmac.new(salt.encode(), _SALT_CHECK, hashlib.sha256).hexdigest()[:32]
+
+
 def patient_key(ds: Dataset, salt: str | None) -> str | None:
     """HMAC-SHA256 of issuer + patient ID under ``salt``; ``None`` without salt or ID."""
     if not salt:

@@ -327,7 +327,7 @@ class RayEngine:
         from ray.data import ActorPoolStrategy, DataContext
 
         from indexer.pipeline.ray_feed import QueueSource
-        from indexer.pipeline.ray_stages import DecodeStage, EncodeStage, salt_check
+        from indexer.pipeline.ray_stages import DecodeStage, EncodeStage
 
         ray, opts = self._ray, self.ray_options
         context = DataContext.get_current()  # the process's: put back by run() at the end
@@ -339,7 +339,7 @@ class RayEngine:
         public = imaging.model_dump_json(exclude={"patient_hash_salt"})
         decode = {
             "imaging_json": public,
-            "salt": salt_check(imaging),
+            "salt": imaging.salt_check(),
             "recipe": self.recipe,
             "decoder": opts.decoder,
         }

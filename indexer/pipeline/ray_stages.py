@@ -22,8 +22,6 @@ Neither imports Ray: they are plain callables, run by the Ray engine's wiring.
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import json
 import logging
 import time
@@ -67,24 +65,13 @@ logger = logging.getLogger(__name__)
 
 DecoderFactory = Callable[[ImagingSettings], DecoderWorker]
 EncoderLoader = Callable[[Path, EncoderSettings], "Encoder"]
-_SALT_CHECK = b"medsearch: same patient-hash salt on the driver and the workers"
 
 
-def salt_check(settings: ImagingSettings) -> str | None:
-    """A digest that tells whether two processes hold the same patient-hash salt,
-    without the salt itself crossing to the other one (``None``: no salt)."""
-    salt = settings.patient_hash_salt
-    if salt is None:
-        return None
-    key = salt.get_secret_value().encode()
-    return hmac.new(key, _SALT_CHECK, hashlib.sha256).hexdigest()[:32]
-
-
-def worker_imaging(public_json: str, expected_salt_check: str | None) -> ImagingSettings:
+def worker_imaging(public_json: str, expected_salt_check: str) -> ImagingSettings:
     """The driver's imaging settings (sent without the salt) with this worker's own salt,
     from its environment (``MEDSEARCH_PATIENT_HASH_SALT``), checked to be the driver's."""
     settings = ImagingSettings(**json.loads(public_json))
-    if salt_check(settings) != expected_salt_check:
+    if settings.salt_check() != expected_salt_check:
         raise MedsearchError(
             "the Ray workers' MEDSEARCH_PATIENT_HASH_SALT is not the driver's: set the same "
             "value in the environment of every `ray start` (it is never sent over Ray)"
@@ -111,7 +98,7 @@ class DecodeStage:
     def __init__(
         self,
         imaging_json: str,
-        salt: str | None,
+        salt: str,
         recipe: Recipe,
         decoder: DecoderFactory | None = None,
     ) -> None:

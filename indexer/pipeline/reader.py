@@ -15,6 +15,7 @@ from indexer.store.retries import RetryPolicy
 
 logger = logging.getLogger(__name__)
 SKIPPED = "skipped: already in catalog"
+REMOVED = "skipped: removed earlier"  # index remove, --prune: not indexed again
 
 
 def _listed(specs: Sequence[str], listings: Listings | None) -> Iterator[SourceItem]:
@@ -54,9 +55,11 @@ def new_items(
 
     def flush() -> Iterator[ReadItem]:
         seen = catalog.seen_sources([it.uri for it in pending], retry)
+        removed = catalog.removed_sources(sorted(seen)) if seen else set()
         for it in pending:
             if it.uri in seen:
-                counts[SKIPPED] = counts.get(SKIPPED, 0) + 1
+                why = REMOVED if it.uri in removed else SKIPPED
+                counts[why] = counts.get(why, 0) + 1
                 continue
             yield ReadItem(it, sidecar.lookup(it) if sidecar is not None else None)
         pending.clear()

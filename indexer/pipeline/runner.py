@@ -243,6 +243,7 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
         if listing is not None:
             listing.check_target(catalog)
         catalog.bind_model(binding)
+        catalog.check_patient_salt(options.imaging.salt_check(), record=True)
         series_sample = catalog.series_sample(options.series_sample)
         total = None
         if options.progress:

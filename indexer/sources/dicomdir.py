@@ -75,13 +75,18 @@ class DicomdirSource:
         """Nothing to release: files are opened per item."""
 
     def _read_records(self) -> list[Dataset]:
+        """Every directory record, or a :class:`SourceError`: a DICOMDIR cut short is read
+        lazily by pydicom, which stops at the end of the file without a word (a build
+        indexed part of it, or failed later with a traceback)."""
         try:
             ds = dcmread(self.path)
+            if "DirectoryRecordSequence" not in ds:
+                raise SourceError(f"{self.path}: not a DICOMDIR (no Directory Record Sequence)")
+            records = list(ds.DirectoryRecordSequence)
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
             raise SourceError(f"{self.path}: not a readable DICOMDIR ({exc})") from exc
-        if "DirectoryRecordSequence" not in ds:
-            raise SourceError(f"{self.path}: not a DICOMDIR (no Directory Record Sequence)")
-        return list(ds.DirectoryRecordSequence)
+        _check_offsets(self.path, ds, records)
+        return records
 
     def __iter__(self) -> Iterator[SourceItem]:
         seen: set[str] = set()
@@ -119,3 +124,23 @@ class DicomdirSource:
                 return candidate
         logger.warning("skipping DICOMDIR record %d: %s does not exist", index, "/".join(parts))
         return None
+
+
+_OFFSETS = ("OffsetOfTheNextDirectoryRecord", "OffsetOfReferencedLowerLevelDirectoryEntity")
+
+
+def _check_offsets(path: Path, ds: Dataset, records: list[Dataset]) -> None:
+    """No record points past the end of the file: otherwise the file was cut short, and
+    the records lost with its end would be left out silently. (Offsets are not otherwise
+    checked: the records are read in order, and a DICOMDIR edited by a tool that did not
+    update them is still read whole.)"""
+    size = path.stat().st_size
+    wanted = {int(ds.get("OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity") or 0)}
+    wanted.update(int(record.get(name) or 0) for record in records for name in _OFFSETS)
+    beyond = [offset for offset in wanted if offset >= size]
+    if beyond:
+        raise SourceError(
+            f"{path}: a damaged or truncated DICOMDIR (it refers to {len(beyond)} directory "
+            f"records past its end, {size} bytes): repair or recreate it, or index the "
+            "folder instead"
+        )

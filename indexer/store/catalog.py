@@ -158,6 +158,35 @@ class Catalog:
                 "build a new index in another directory"
             )
 
+    def check_patient_salt(self, check: str, *, record: bool) -> None:
+        """Refuse a patient-hash salt other than the one this catalog's patient keys were
+        made with (``check``: :meth:`~indexer.settings.ImagingSettings.salt_check`, ``""``
+        for none). With ``record`` (a build), the first one is recorded; a catalog from
+        before revision 0007 records the salt of its next build."""
+        with self.session() as s, s.begin():
+            info = s.scalars(select(CatalogInfo).limit(1)).first()
+            if info is None:  # nothing built yet
+                return
+            held = info.patient_salt
+            if held is None:
+                if record:
+                    info.patient_salt = check
+                return
+            if held == check:
+                return
+            if not held:
+                why = (
+                    "was built without MEDSEARCH_PATIENT_HASH_SALT (its items have no patient key)"
+                )
+            elif not check:
+                why = "has patient keys made with MEDSEARCH_PATIENT_HASH_SALT, which is not set now"
+            else:
+                why = "has patient keys made with another MEDSEARCH_PATIENT_HASH_SALT"
+            raise CatalogError(
+                f"this index {why}: use the salt it was built with (mixed keys give one "
+                "patient two, and exclude_same_patient misses them), or build a new index"
+            )
+
     def bind_model(self, binding: ModelBinding) -> None:
         """Record the model on first use; refuse a different one afterwards."""
         current = self.binding()
@@ -215,6 +244,22 @@ class Catalog:
                 )
                 seen.update(uri for uri, reason, n in failed if not policy.retries(reason, n))
         return seen
+
+    def removed_sources(self, uris: Sequence[str]) -> set[str]:
+        """Which of ``uris`` are items removed earlier (``index remove``, ``--prune``): a
+        build skips them as seen, and says why."""
+        removed: set[str] = set()
+        with self.session() as s:
+            for start in range(0, len(uris), 500):
+                chunk = list(uris[start : start + 500])
+                removed.update(
+                    s.scalars(
+                        select(ItemRow.source_uri).where(
+                            ItemRow.source_uri.in_(chunk), ItemRow.status == "removed"
+                        )
+                    )
+                )
+        return removed
 
     def add_batch(
         self, run_id: int | None, items: Sequence[NewItem], failures: Sequence[NewFailure]

@@ -71,6 +71,8 @@ class CatalogInfo(Base):
     # nullable only for rows that predate revision 0002, which fills them in
     catalog_id: Mapped[str | None] = mapped_column(String(32), default=new_catalog_id)
     series_sample: Mapped[int | None] = mapped_column(Integer)  # slices per series, None: all
+    # check value of the patient-hash salt ("" none; None: not recorded yet), revision 0007
+    patient_salt: Mapped[str | None] = mapped_column(String(32))
 
 
 class Run(Base):

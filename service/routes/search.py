@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -151,12 +151,15 @@ async def neighbors(
     group_by: GroupBy | None = None,
     min_score: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
     page_token: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
+    collapse: Literal["near_duplicates"] | None = None,
 ) -> SearchResponse:
     """Items most similar to an indexed item (its stored embedding; no re-embedding)."""
     found = await rt.run(rt.catalog.embeddings, [item_id])
     rows = await rt.run(rt.catalog.items, [item_id])
     if item_id not in found or rows[item_id].status != "active":
         raise ServiceError(404, "not found", f"no item {item_id}")
-    options = SearchOptions(k=k, group_by=group_by, min_score=min_score, page_token=page_token)
+    options = SearchOptions(
+        k=k, group_by=group_by, min_score=min_score, page_token=page_token, collapse=collapse
+    )
     query = request_digest(f"neighbors/{item_id}", options)
     return await run_search(rt, found[item_id], options, query=query, exclude_ids={item_id})

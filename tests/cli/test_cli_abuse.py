@@ -186,3 +186,50 @@ def test_export_without_the_extra_says_what_to_install(tmp_path: Path) -> None:
     )
     _refused(run, "medsearch[export]", "torch")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rebuild_says_which_files_were_removed_earlier(tmp_path: Path) -> None:
+    """A removed file listed again is not indexed again, and the summary says why (it
+    said "already indexed", while `index stats` counted it as removed)."""
+    src, index = _copies(tmp_path / "src", 3), tmp_path / "index"
+    assert _build(src, index).returncode == 0
+    gone = (src / "copy01.dcm").resolve().as_uri()
+    run = medsearch("index", "remove", "--index", str(index), "--source-prefix", gone)
+    assert run.returncode == 0, run.stderr[-2000:]
+    run = _build(src, index)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith(
+        "indexed 0, skipped 3 (already in catalog: 2, removed earlier: 1)"
+    ), run.stdout
+
+
+SALT_A, SALT_B = "salt-A-0123456789abcdef", "salt-B-0123456789abcdef"
+
+
+def test_one_patient_hash_salt_per_index(tmp_path: Path) -> None:
+    """A second salt gave one patient two keys (and `exclude_same_patient` missed them),
+    silently; the catalog now records the salt's check value, never the salt."""
+    src, index = _copies(tmp_path / "src", 2), tmp_path / "index"
+    more = _copies(tmp_path / "more", 1, "MR_small.dcm")
+
+    def build(source: Path, salt: str | None) -> subprocess.CompletedProcess[str]:
+        env = {**QUICK, **({"MEDSEARCH_PATIENT_HASH_SALT": salt} if salt else {})}
+        return medsearch(
+            "index", "build", str(source), "--index", str(index), "--model", MODEL,
+            "--no-progress", "--workers", "1", env=env,
+        )  # fmt: skip
+
+    assert build(src, SALT_A).returncode == 0
+    for salt, why in ((SALT_B, "another MEDSEARCH_PATIENT_HASH_SALT"), (None, "not set now")):
+        run = build(more, salt)
+        _refused(run, why)
+        assert SALT_A not in run.stderr + run.stdout and SALT_B not in run.stderr + run.stdout
+    assert build(more, SALT_A).returncode == 0
+    catalog = (index / "catalog.sqlite3").read_bytes()
+    assert SALT_A.encode() not in catalog
+    serve = [sys.executable, "-m", "service", "serve", "--index", str(index), "--model", MODEL]
+    run = subprocess.run(
+        serve, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "MEDSEARCH_PATIENT_HASH_SALT": SALT_B},
+    )  # fmt: skip
+    _refused(run, "another MEDSEARCH_PATIENT_HASH_SALT")

@@ -104,3 +104,22 @@ def test_collapse_folds_copies_into_one_result(http: httpx.Client) -> None:
     assert len({"CT_small.dcm", "ct-export.png", "ct-export.jpg"} & set(names)) == 1
     assert folded["results"][0]["duplicates"] == 2
     assert len(names) == 5  # the page is still full
+
+
+def test_neighbors_take_collapse_too(http: httpx.Client) -> None:
+    """GET /v1/items/{id}/neighbors ignored ?collapse= (not a parameter of the route)."""
+    files = {"file": ("CT_small.dcm", _testdata("CT_small.dcm").read_bytes())}
+    hits = http.post("/v1/search/image", files=files, data={"options": '{"k": 5}'}).json()
+    by_name = {h["source_uri"].rsplit("/", 1)[-1]: h["id"] for h in hits["results"]}
+    item = by_name["ct-export.jpg"]  # its neighbours: CT_small.dcm and ct-export.png first
+    plain = http.get(f"/v1/items/{item}/neighbors", params={"k": 5}).json()["results"]
+    assert {h["source_uri"].rsplit("/", 1)[-1] for h in plain[:2]} == {
+        "CT_small.dcm",
+        "ct-export.png",
+    }
+    folded = http.get(
+        f"/v1/items/{item}/neighbors", params={"k": 5, "collapse": "near_duplicates"}
+    ).json()["results"]
+    names = [h["source_uri"].rsplit("/", 1)[-1] for h in folded]
+    assert len({"CT_small.dcm", "ct-export.png"} & set(names)) == 1, names
+    assert folded[0]["duplicates"] == 1 and len(names) == 5

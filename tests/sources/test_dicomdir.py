@@ -79,3 +79,18 @@ def test_is_dicomdir_by_name_or_file_meta(dicomdir_copy: Path, pydicom_files: Pa
 def test_a_plain_dicom_file_is_not_a_dicomdir(pydicom_files: Path) -> None:
     with pytest.raises(SourceError, match="Directory Record Sequence"):
         DicomdirSource(pydicom_files / "CT_small.dcm")
+
+
+@pytest.mark.parametrize("kept", [0.3, 0.5, 0.9])
+def test_a_truncated_dicomdir_is_refused_not_read_in_part(dicomdir_copy: Path, kept: float) -> None:
+    """pydicom reads a DICOMDIR cut short without a word: a build indexed 0 or 1 of 3 of
+    its files, or failed with a traceback at 90%."""
+    data = dicomdir_copy.read_bytes()
+    dicomdir_copy.write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(SourceError, match="damaged or truncated DICOMDIR"):
+        DicomdirSource(dicomdir_copy)
+
+
+@pytest.mark.parametrize("name", ["DICOMDIR-reordered", "DICOMDIR-nooffset", "DICOMDIR-bigEnd"])
+def test_pydicom_s_odd_but_whole_dicomdirs_are_read(dicomdir_copy: Path, name: str) -> None:
+    assert len(list(DicomdirSource(dicomdir_copy.parent / name))) == 31
