@@ -71,12 +71,16 @@ def engine_options(engine: str, **ray: Any) -> dict[str, Any]:
 
 
 def run(command: str, sources: list[str], index: Path, model: Path, **kw: Any) -> None:
+    from indexer.errors import SourceError
     from indexer.pipeline.runner import BuildOptions, run_build
     from indexer.settings import ImagingSettings
     from indexer.sources.dicomweb import is_dicomweb
     from indexer.sources.dicomweb_client import DicomWebSettings
     from indexer.store.retries import ALL, RetryPolicy
 
+    for source in sources:  # now, before the index directory and its catalog are made
+        if "://" not in source and not Path(source).expanduser().exists():
+            raise SourceError(f"{source}: no such file or directory")
     forced = list(kw.pop("retry_reason", None) or [])
     forced += [ALL] if kw.pop("retry_failed", False) else []
     try:

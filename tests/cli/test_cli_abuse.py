@@ -168,6 +168,8 @@ def test_unusable_paths_are_refused_before_the_build(tmp_path: Path) -> None:
     a_file.write_text("x")
     _refused(_build(src, a_file), "is a file, not an index directory")
     index = tmp_path / "index"
+    _refused(_build(tmp_path / "no-such-folder", index), "no such file or directory")
+    assert not index.exists()  # the catalog is not made for a mistyped source
     _refused(_build(src, index, "--report", str(tmp_path / "no" / "r.json")), "no such directory")
     _refused(_build(src, index, "--report", str(tmp_path)), "is a directory")
     assert not (index / "catalog.sqlite3").exists()  # refused before anything was written
