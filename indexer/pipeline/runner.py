@@ -288,6 +288,7 @@ def run_build(options: BuildOptions, encoder: Encoder | None = None) -> BuildRep
                     retry=options.retry,
                     series_sample=series_sample,
                     listings=listings,
+                    index_dir=options.index_dir,
                 )
             )
             if ray_engine is not None:

@@ -235,3 +235,17 @@ def test_one_patient_hash_salt_per_index(tmp_path: Path) -> None:
         env={**os.environ, "MEDSEARCH_PATIENT_HASH_SALT": SALT_B},
     )  # fmt: skip
     _refused(run, "another MEDSEARCH_PATIENT_HASH_SALT")
+
+
+def test_an_index_inside_the_folder_it_indexes_leaves_its_own_files_alone(
+    tmp_path: Path,
+) -> None:
+    """Its catalog, lock and FAISS versions were recorded as `unsupported format`."""
+    src = _copies(tmp_path / "src", 2)
+    index = src / "index"
+    for _ in range(2):
+        run = _build(src, index)
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert "the index's own files:" in run.stdout, run.stdout
+    stats = json.loads(medsearch("index", "stats", "--index", str(index), "--json").stdout)
+    assert stats["items"] == {"active": 2} and stats["failures"] == {}, stats
