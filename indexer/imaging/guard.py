@@ -45,7 +45,6 @@ import fcntl
 import logging
 import multiprocessing as mp
 import os
-import re
 import select
 import threading
 import warnings
@@ -79,7 +78,6 @@ GROWTH_FRACTION = 0.25
 it started is replaced before its next job."""
 MEMORY_EXIT = 75  # a worker's exit code after it met its memory limit
 CAPTURE_BYTES = 64 * 1024  # most codec output read back per job
-_QUOTED = re.compile(r"""(['"]).*?\1""")
 
 
 @dataclass(frozen=True)
@@ -179,7 +177,12 @@ def _serve(
 
 
 def _redact(line: str) -> str:
-    return _QUOTED.sub("'…'", line.strip())[:200]
+    """A codec's line, cut at its first quote: what a message quotes is a value of the
+    file (a name, an ID). Cutting, not matching pairs: a value holding both kinds of quote
+    (``'O\'Brien "Jr"'``) left parts of itself outside any matched pair."""
+    text = line.strip()
+    quotes = [i for i in (text.find("'"), text.find('"')) if i >= 0]
+    return (text[: min(quotes)] + "'…'" if quotes else text)[:200]
 
 
 class DecoderWorker:

@@ -217,10 +217,12 @@ def test_the_worker_s_last_words_name_its_crash() -> None:
     worker = DecoderWorker(ImagingSettings())
     try:
         result = worker.decode(_DyingJob(data=b"x"))
+        mixed = worker.decode(_DyingJob(data=b"codec abort on 'O\\'Brien \"Jr\"' at 12\n"))
     finally:
         worker.close()
     assert result.reason == Reason.CRASHED
     assert result.detail == "exit code 70: codec abort on '…'"
+    assert mixed.detail == "exit code 70: codec abort on '…'"  # both quote kinds in one
 
 
 def _die_saying(message: bytes) -> None:
@@ -232,4 +234,7 @@ class _DyingJob(DecodeJob):
     """A job whose arrival makes the worker print a line and die, as a crashing codec."""
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_die_saying, (b"codec abort on 'PATIENT^NAME'\n",))
+        return (_die_saying, (self.data if self.data != b"x" else _ABORT,))
+
+
+_ABORT = b"codec abort on 'PATIENT^NAME'\n"
