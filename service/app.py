@@ -16,7 +16,14 @@ from service.auth import RequireKey
 from service.config import EngineSettings, ServiceSettings
 from service.deps import require_key
 from service.metrics import Metrics
-from service.middleware import BodyBudget, BodyLimit, CatchAll, JsonLimits, RequestRecord
+from service.middleware import (
+    BodyBudget,
+    BodyLimit,
+    CatchAll,
+    HeadAsGet,
+    JsonLimits,
+    RequestRecord,
+)
 from service.routes import azure, classify, combined, dicom, health, items, qc, search, series, web
 from service.runtime import Runtime
 from service.schemas import ErrorBody, ImageSearchRequest
@@ -75,6 +82,7 @@ def create_app(settings: ServiceSettings, engine: EngineSettings | None = None) 
         app.include_router(module.router, dependencies=auth)
     app.include_router(web.router)  # the page itself holds no data: no key needed
     app.mount("/static", web.static_files(), name="static")
+    app.add_middleware(HeadAsGet)  # innermost: the router sees a GET
     # added last is outermost: the size limit bounds what the depth check reads
     app.add_middleware(JsonLimits, max_depth=settings.max_json_depth)
     app.add_middleware(

@@ -276,6 +276,21 @@ class RequestRecord:
             access.info("%s %s %s %d %.1f ms", client, method, name, status["code"], seconds * 1e3)
 
 
+class HeadAsGet:
+    """HEAD answered as GET is (RFC 9110: same status and headers, no body), on every GET
+    route: FastAPI routes GET only, so ``HEAD /healthz`` from an uptime check was a 405.
+    The app sees a GET in a copy of the scope; the server, which keeps the original, sends
+    no body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
 def route_name(scope: Scope) -> str:
     """The route's template (``/v1/items/{item_id}``), never the path a client sent; also
     for a request that a middleware refused before it was routed."""

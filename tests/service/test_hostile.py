@@ -399,3 +399,13 @@ def test_the_access_log_names_routes_never_query_strings(
     assert "GET /v1/items/{item_id} 200" in log, log
     assert "POST /v1/search/text 4" in log, log
     assert "77654033" not in log and "Doe" not in log and "Traceback" not in log
+
+
+def test_head_is_answered_as_get_without_a_body(live: str) -> None:
+    """Uptime checks send HEAD: it was a 405 on every route but /static."""
+    for path in ("/healthz", "/readyz", "/v1/items/1", "/"):
+        got, head = httpx.get(f"{live}{path}"), httpx.head(f"{live}{path}")
+        assert head.status_code == got.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"]
+    assert httpx.head(f"{live}/v1/search/text").status_code == 405  # a POST route
+    assert httpx.head(f"{live}/v1/items/999999").status_code == 404
