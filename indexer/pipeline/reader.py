@@ -60,11 +60,10 @@ def new_items(
     pending: list[SourceItem] = []
 
     def flush() -> Iterator[ReadItem]:
-        seen = catalog.seen_sources([it.uri for it in pending], retry)
-        removed = catalog.removed_sources(sorted(seen)) if seen else set()
+        seen = catalog.why_seen([it.uri for it in pending], retry)
         for it in pending:
             if it.uri in seen:
-                why = REMOVED if it.uri in removed else SKIPPED
+                why = REMOVED if seen[it.uri] == "removed" else SKIPPED
                 counts[why] = counts.get(why, 0) + 1
                 continue
             yield ReadItem(it, sidecar.lookup(it) if sidecar is not None else None)

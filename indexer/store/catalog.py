@@ -229,37 +229,30 @@ class Catalog:
     def seen_sources(self, uris: Sequence[str], policy: RetryPolicy | None = None) -> set[str]:
         """Which of ``uris`` a run skips: indexed ones, and failed ones that ``policy``
         does not retry (see :mod:`indexer.store.retries`)."""
+        return set(self.why_seen(uris, policy))
+
+    def why_seen(self, uris: Sequence[str], policy: RetryPolicy | None = None) -> dict[str, str]:
+        """:meth:`seen_sources` with the reason of each: ``"active"`` or ``"removed"`` (an
+        item; removed ones, by ``index remove`` or ``--prune``, are not indexed again) or
+        ``"failed"``."""
         policy = policy or RetryPolicy()
-        seen: set[str] = set()
+        seen: dict[str, str] = {}
         with self.session() as s:
             for start in range(0, len(uris), 500):
                 chunk = list(uris[start : start + 500])
-                seen.update(
-                    s.scalars(select(ItemRow.source_uri).where(ItemRow.source_uri.in_(chunk)))
-                )
                 failed = s.execute(
                     select(Failure.source_uri, Failure.reason, Failure.attempts).where(
                         Failure.source_uri.in_(chunk)
                     )
                 )
-                seen.update(uri for uri, reason, n in failed if not policy.retries(reason, n))
-        return seen
-
-    def removed_sources(self, uris: Sequence[str]) -> set[str]:
-        """Which of ``uris`` are items removed earlier (``index remove``, ``--prune``): a
-        build skips them as seen, and says why."""
-        removed: set[str] = set()
-        with self.session() as s:
-            for start in range(0, len(uris), 500):
-                chunk = list(uris[start : start + 500])
-                removed.update(
-                    s.scalars(
-                        select(ItemRow.source_uri).where(
-                            ItemRow.source_uri.in_(chunk), ItemRow.status == "removed"
-                        )
-                    )
+                seen.update(
+                    (uri, "failed") for uri, reason, n in failed if not policy.retries(reason, n)
                 )
-        return removed
+                items = select(ItemRow.source_uri, ItemRow.status).where(
+                    ItemRow.source_uri.in_(chunk)
+                )
+                seen.update({uri: status for uri, status in s.execute(items)})
+        return seen
 
     def add_batch(
         self, run_id: int | None, items: Sequence[NewItem], failures: Sequence[NewFailure]
