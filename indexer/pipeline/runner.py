@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -172,6 +173,8 @@ def _open_checked(
             )
         if must_exist:
             raise CatalogError(f"{index_dir}: no index here (no {CATALOG_FILE})")
+        if not read_only:
+            _create_sqlite_catalog(own_file)
     try:
         catalog = (
             Catalog.open(db.read_only_url(url), upgrade=False) if read_only else Catalog.open(url)
@@ -193,6 +196,18 @@ def _open_checked(
             catalog.close()
             raise
     return catalog
+
+
+def _create_sqlite_catalog(path: Path) -> None:
+    """Create and migrate a new SQLite catalog under a temporary name, then rename it into
+    place: pysqlite commits each CREATE TABLE at once, so a build killed during the first
+    migration left tables without their alembic revision, and every later run failed on
+    "table already exists"."""
+    partial = path.with_name(path.name + ".new")
+    for leftover in path.parent.glob(partial.name + "*"):  # a killed creation's files
+        leftover.unlink()
+    Catalog.open(db.sqlite_url(partial)).close()  # the WAL is checkpointed and removed
+    os.replace(partial, path)
 
 
 def binding_for(encoder: Encoder, recipe: str | None) -> ModelBinding:
